@@ -1,0 +1,3 @@
+from mcp_pki.cli import main
+
+main()

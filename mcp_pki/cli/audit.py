@@ -1,0 +1,76 @@
+"""``mcp-pki audit`` and ``audit verify``."""
+
+import click
+
+from mcp_pki.cli.common import Settings, emit_json, iso, pass_settings, parse_duration_option, now
+
+
+@click.group(invoke_without_command=True)
+@click.option("--since", metavar="DUR|DATE", help="Only records newer than DUR ago (e.g. 7d) or than an ISO date.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
+def audit(ctx: click.Context, since: str | None, as_json: bool) -> None:
+    """Show the audit log of CA operations (oldest first).
+
+    Every state-changing command adds one record, linked to the previous one by a SHA-256
+    hash chain. `mcp-pki audit verify` checks the chain.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from mcp_pki.services.audit import list_records
+    from mcp_pki.services.authority import open_existing
+
+    settings = ctx.find_object(Settings)
+    assert settings is not None
+    engine = open_existing(settings.home())
+    try:
+        records = list_records(engine, since=_since(since))
+    finally:
+        engine.dispose()
+    if as_json:
+        emit_json([
+            {"seq": r.seq, "at": iso(r.at), "operator": r.operator, "action": r.action,
+             "target_serial": r.target_serial, "target_name": r.target_name, "outcome": r.outcome,
+             "details": r.details, "hash": r.hash}
+            for r in records
+        ])
+        return
+    for r in records:
+        target = " ".join(t for t in (r.target_name, r.target_serial and f"[{r.target_serial}]") if t)
+        click.echo(f"{r.seq:>5}  {r.at:%Y-%m-%d %H:%M:%S}Z  {r.operator:12}  {r.action:10}  {r.outcome:8} {target}")
+
+
+@audit.command()
+@pass_settings
+def verify(settings: Settings) -> None:
+    """Recompute the hash chain; exit 1 naming the first altered or missing record."""
+    from mcp_pki.errors import PkiError
+    from mcp_pki.services.audit import verify_audit_log
+    from mcp_pki.services.authority import open_existing
+
+    engine = open_existing(settings.home())
+    try:
+        verdict = verify_audit_log(engine)
+    finally:
+        engine.dispose()
+    if not verdict.ok:
+        raise PkiError(f"audit log broken: {verdict.problem}")
+    click.echo(f"audit log intact: {verdict.records} records")
+
+
+def _since(text: str | None):  # type: ignore[no-untyped-def]
+    if text is None:
+        return None
+    from datetime import UTC, datetime
+
+    from mcp_pki.errors import InvalidInput
+
+    try:
+        return now() - parse_duration_option(text)
+    except InvalidInput:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(f"invalid --since {text!r}: give a duration (7d) or an ISO date") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

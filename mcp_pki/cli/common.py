@@ -1,0 +1,105 @@
+"""What every command shares: the resolved home, the clock, passphrases, JSON output."""
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from mcp_pki.errors import InvalidInput, PassphraseError
+
+if TYPE_CHECKING:
+    from mcp_pki.services.home import Home
+
+PASSPHRASE_ENV = "MCP_PKI_PASSPHRASE"
+P12_PASSPHRASE_ENV = "MCP_PKI_P12_PASSPHRASE"
+
+
+@dataclass
+class Settings:
+    home_option: str | None
+    db_option: str | None
+    passphrase_file: str | None
+    _cached_passphrase: bytes | None = field(default=None, repr=False)
+
+    def home(self) -> "Home":
+        from mcp_pki.services.home import resolve_home
+
+        return resolve_home(self.home_option, self.db_option)
+
+    def ca_passphrase(self) -> bytes:
+        """The passphrase of an existing CA key, asked for only when a key needs it."""
+        if self._cached_passphrase is None:
+            self._cached_passphrase = read_secret(
+                file=self.passphrase_file, env=PASSPHRASE_ENV, prompt="CA passphrase", what="the CA key",
+                hint="set MCP_PKI_PASSPHRASE, use --passphrase-file FILE, or run on a terminal",
+            )
+        return self._cached_passphrase
+
+    def new_ca_passphrase(self) -> bytes:
+        return read_secret(
+            file=self.passphrase_file, env=PASSPHRASE_ENV, prompt="New CA passphrase", confirm=True,
+            what="the new CA key",
+            hint="set MCP_PKI_PASSPHRASE, use --passphrase-file FILE, run on a terminal, "
+            "or pass --no-passphrase (development only)",
+        )
+
+
+def read_secret(
+    *, file: str | None, env: str, prompt: str, what: str, hint: str, confirm: bool = False
+) -> bytes:
+    """A secret from a file, else the environment, else a hidden prompt on a terminal.
+
+    Secrets are never accepted as command-line values: ``ps`` shows argv to every user.
+    """
+    if file is not None:
+        try:
+            data = Path(file).read_bytes()
+        except OSError as exc:
+            raise InvalidInput(f"cannot read passphrase file {file}: {exc.strerror}") from None
+        secret = data.rstrip(b"\r\n")
+    elif env in os.environ:
+        secret = os.environ[env].encode("utf-8")
+    elif sys.stdin.isatty():
+        secret = click.prompt(prompt, hide_input=True, confirmation_prompt=confirm, err=True).encode("utf-8")
+    else:
+        raise PassphraseError(f"{what} needs a passphrase: {hint}")
+    if not secret:
+        raise PassphraseError(f"empty passphrase for {what}")
+    return secret
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def emit_json(document: Any) -> None:
+    click.echo(json.dumps(document, indent=2, sort_keys=False))
+
+
+def warn(message: str) -> None:
+    click.echo(f"Warning: {message}", err=True)
+
+
+def settings(ctx: click.Context) -> Settings:
+    value = ctx.find_object(Settings)
+    assert value is not None
+    return value
+
+
+pass_settings: Callable[..., Any] = click.make_pass_decorator(Settings)
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def parse_duration_option(value: str | None) -> Any:
+    from mcp_pki.durations import parse_duration
+
+    return None if value is None else parse_duration(value)

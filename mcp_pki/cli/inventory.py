@@ -1,0 +1,151 @@
+"""``mcp-pki list``, ``show`` and ``export``: reading the inventory."""
+
+import sys
+from pathlib import Path
+
+import click
+
+from mcp_pki.cli.common import (
+    P12_PASSPHRASE_ENV, Settings, emit_json, iso, now, pass_settings, parse_duration_option, read_secret,
+)
+
+
+@click.command("list")
+@click.option("--kind", type=click.Choice(["server", "client"]), help="Only this kind.")
+@click.option("--status", type=click.Choice(["valid", "revoked", "expired"]), help="Only this status.")
+@click.option("--expiring-within", metavar="DUR", help="Only valid certificates expiring within DUR, e.g. 30d.")
+@click.option("--name", help="Only certificates of this NAME.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@pass_settings
+def list_command(
+    settings: Settings, kind: str | None, status: str | None, expiring_within: str | None,
+    name: str | None, as_json: bool,
+) -> None:
+    """List certificates in the inventory (all of them unless filtered)."""
+    from mcp_pki.services.authority import open_existing
+    from mcp_pki.services.inventory import ListFilter, Status, list_certificates
+
+    wanted = ListFilter(
+        kind=kind, status=Status(status) if status else None,
+        expiring_within=parse_duration_option(expiring_within), name=name,
+    )
+    engine = open_existing(settings.home())
+    try:
+        rows = list_certificates(engine, wanted, now=now())
+    finally:
+        engine.dispose()
+    if as_json:
+        emit_json([row.as_json() for row in rows])
+        return
+    if not rows:
+        click.echo("no certificates", err=True)
+        return
+    click.echo(f"{'SERIAL':40}  {'KIND':6}  {'NAME':20}  {'STATUS':7}  {'NOT AFTER':16}  NAMES / ROLES")
+    for row in rows:
+        extras = ", ".join([*row.sans, *(f"role:{r}" for r in row.roles)])
+        click.echo(
+            f"{row.serial:40}  {row.kind:6}  {row.name:20}  {row.status.value:7}  "
+            f"{row.not_after:%Y-%m-%d %H:%M}  {extras}"
+        )
+
+
+@click.command()
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True, help="Print the details as JSON.")
+@click.option("--pem", "as_pem", is_flag=True, help="Print the certificate as PEM.")
+@pass_settings
+def show(settings: Settings, ref: str, as_json: bool, as_pem: bool) -> None:
+    """Show one certificate. REF is a NAME or a serial (a prefix of 8+ hex digits will do)."""
+    from mcp_pki.services.authority import open_existing
+    from mcp_pki.services.inventory import show_certificate
+
+    engine = open_existing(settings.home())
+    try:
+        details = show_certificate(engine, ref, now=now())
+    finally:
+        engine.dispose()
+    if as_json:
+        document = details.as_json()
+        if as_pem:
+            document["pem"] = details.pem
+        emit_json(document)
+        return
+    if as_pem:
+        click.echo(details.pem, nl=False)
+        return
+    status = details.status.value
+    if details.revoked_at:
+        status += f" on {details.revoked_at:%Y-%m-%d %H:%M} UTC ({details.revocation_reason})"
+    lines = [
+        ("serial", details.serial),
+        ("name", f"{details.name} ({details.kind})" + (f", owner {details.owner}" if details.owner else "")),
+        ("status", status),
+        ("subject", details.subject),
+        ("names", ", ".join(details.sans) or "-"),
+        ("roles", ", ".join(details.roles) or "-"),
+        ("usage", ", ".join(details.extended_key_usage)),
+        ("key", details.key_type + (" (from a CSR)" if details.from_csr else "")),
+        ("valid from", f"{details.not_before:%Y-%m-%d %H:%M} UTC"),
+        ("valid until", f"{details.not_after:%Y-%m-%d %H:%M} UTC ({details.days_left} days left)"),
+        ("sha256", details.sha256_fingerprint),
+        ("issued by", "\n             ".join(f"{'  ' * i}<- {s}" for i, s in enumerate(details.chain))),
+    ]
+    if details.renews:
+        lines.append(("renews", details.renews))
+    for label, value in lines:
+        click.echo(f"{label:12} {value}")
+
+
+@click.command()
+@click.argument("ref")
+@click.option("--format", "export_format", type=click.Choice(["pem", "der", "chain", "p12"]), default="pem", show_default=True,
+              help="chain = certificate then intermediates, as in tls.crt.")
+@click.option("--key", "key_file", type=click.Path(dir_okay=False), help="Private key for --format p12.")
+@click.option("--p12-legacy", is_flag=True, help="3DES/SHA-1 PKCS#12 for old macOS and Java.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Write here instead of stdout.")
+@click.option("--force", is_flag=True, help="Replace an existing --out file.")
+@pass_settings
+def export(
+    settings: Settings, ref: str, export_format: str, key_file: str | None, p12_legacy: bool,
+    out_file: str | None, force: bool,
+) -> None:
+    """Export a certificate as PEM, DER, chain, or PKCS#12 (with the key you hold)."""
+    from mcp_pki.errors import InvalidInput
+    from mcp_pki.services.authority import open_existing
+    from mcp_pki.services.files import PRIVATE, PUBLIC, write_atomically
+    from mcp_pki.services.inventory import ExportFormat, export_certificate
+
+    chosen = ExportFormat(export_format)
+    binary = chosen in (ExportFormat.DER, ExportFormat.P12)
+    if binary and out_file is None and sys.stdout.isatty():
+        raise InvalidInput(f"--format {export_format} is binary: use --out FILE or redirect stdout")
+    if key_file is not None and chosen is not ExportFormat.P12:
+        raise InvalidInput("--key is only used with --format p12")
+    key_pem, p12_passphrase = None, None
+    if chosen is ExportFormat.P12:
+        if key_file is None:
+            raise InvalidInput("--format p12 needs the certificate's private key: pass --key FILE")
+        try:
+            key_pem = Path(key_file).read_bytes()
+        except OSError as exc:
+            raise InvalidInput(f"cannot read {key_file}: {exc.strerror}") from None
+        p12_passphrase = read_secret(
+            file=None, env=P12_PASSPHRASE_ENV, prompt="PKCS#12 passphrase", confirm=True, what="the PKCS#12 bundle",
+            hint=f"set {P12_PASSPHRASE_ENV} or run on a terminal",
+        )
+    engine = open_existing(settings.home())
+    try:
+        data = export_certificate(
+            engine, ref, chosen, now=now(), key_pem=key_pem, p12_passphrase=p12_passphrase, p12_legacy=p12_legacy,
+        )
+    finally:
+        engine.dispose()
+    if out_file is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    write_atomically(Path(out_file), data, mode=PRIVATE if chosen is ExportFormat.P12 else PUBLIC, force=force)
+    click.echo(f"wrote {out_file}", err=True)
+
+
+__all__ = ["list_command", "show", "export", "iso"]

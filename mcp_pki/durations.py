@@ -1,0 +1,32 @@
+"""Durations as people write them on the command line: ``90d``, ``12h``, ``2y``, ``30m``."""
+
+import re
+from datetime import timedelta
+
+from mcp_pki.errors import InvalidInput
+
+_UNITS = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1),
+          "w": timedelta(weeks=1), "y": timedelta(days=365)}
+_PATTERN = re.compile(r"(\d{1,6})([mhdwy])")
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse ``<number><unit>`` with unit m, h, d, w or y (365 days); refuse zero."""
+    match = _PATTERN.fullmatch(text.strip().lower())
+    if match is None:
+        raise InvalidInput(
+            f"invalid duration {text!r}: write a number and a unit, e.g. 90d, 12h, 2y, 30m"
+        )
+    amount, unit = int(match.group(1)), match.group(2)
+    if amount == 0:
+        raise InvalidInput(f"invalid duration {text!r}: must be greater than zero")
+    return amount * _UNITS[unit]
+
+
+def format_duration(delta: timedelta) -> str:
+    """The shortest exact spelling of `delta` in the units `parse_duration` reads."""
+    minutes = int(delta.total_seconds() // 60)
+    for unit, size in (("y", 525600), ("d", 1440), ("h", 60)):
+        if minutes % size == 0:
+            return f"{minutes // size}{unit}"
+    return f"{minutes}m"

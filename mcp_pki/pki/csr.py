@@ -1,0 +1,53 @@
+"""Certificate signing requests: what we accept from a requester, and what we ignore."""
+
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+
+from mcp_pki.errors import InvalidInput
+from mcp_pki.pki.keys import check_public_key_strength
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedRequest:
+    """The only things we take from a CSR: its public key, and its names for display."""
+
+    public_key: CertificatePublicKeyTypes
+    # Names the requester asked for; they are reported, never signed unless the operator
+    # repeats them on the command line.
+    requested_names: tuple[str, ...]
+
+
+def load_csr(data: bytes) -> VerifiedRequest:
+    """Parse a PEM or DER CSR, check its self-signature and its key strength."""
+    try:
+        csr = (
+            x509.load_pem_x509_csr(data)
+            if data.lstrip().startswith(b"-----BEGIN")
+            else x509.load_der_x509_csr(data)
+        )
+        public_key = csr.public_key()
+    except (ValueError, TypeError):
+        raise InvalidInput("malformed CSR: expected a PEM or DER PKCS#10 request") from None
+    except x509.UnsupportedGeneralNameType:  # pragma: no cover - exotic requests
+        raise InvalidInput("CSR uses an unsupported name type") from None
+    try:
+        signature_ok = csr.is_signature_valid
+    except Exception:  # cryptography raises several types for unsupported algorithms
+        signature_ok = False
+    if not signature_ok:
+        raise InvalidInput("CSR signature does not verify: the request was altered or is not self-signed")
+    check_public_key_strength(public_key)
+    return VerifiedRequest(public_key=public_key, requested_names=_requested_names(csr))
+
+
+def _requested_names(csr: x509.CertificateSigningRequest) -> tuple[str, ...]:
+    names = [f"CN:{cn.value!s}" for cn in csr.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
+    try:
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (x509.ExtensionNotFound, ValueError):
+        return tuple(names)
+    for general_name in san:
+        names.append(f"{type(general_name).__name__.removesuffix('Name')}:{general_name.value}")
+    return tuple(names)

@@ -1,0 +1,1 @@
+"""Use cases: one function per command, each one transaction with its audit record."""

@@ -1,0 +1,118 @@
+"""The tamper-evident audit log: a hash chain over every CA operation.
+
+Each record's hash covers its own fields and the previous record's hash, so editing or
+deleting a record breaks the chain at that point. Deleting the newest records leaves a
+valid chain, so `verify_audit_log` also checks that every CA and certificate in the
+inventory has the record that created it.
+"""
+
+import getpass
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from mcp_pki.store.db import lock_for_write, read_session
+from mcp_pki.store.models import AuditRecord, Authority, Certificate
+
+GENESIS_HASH = "0" * 64
+
+
+def current_operator() -> str:
+    """The OS user running the command (who did it, as far as this machine knows)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid:{os.getuid()}" if hasattr(os, "getuid") else "unknown"
+
+
+def append_record(
+    session: Session,
+    *,
+    now: datetime,
+    action: str,
+    target_serial: str | None = None,
+    target_name: str | None = None,
+    details: dict[str, Any] | None = None,
+    outcome: str = "success",
+) -> AuditRecord:
+    """Add one record to the chain inside the caller's transaction. Never pass secrets."""
+    lock_for_write(session)
+    last = session.execute(
+        select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)
+    ).first()
+    seq, prev_hash = (last.seq + 1, last.hash) if last else (1, GENESIS_HASH)
+    record = AuditRecord(
+        seq=seq, at=now, operator=current_operator(), action=action,
+        target_serial=target_serial, target_name=target_name, outcome=outcome,
+        details=details or {}, prev_hash=prev_hash,
+    )
+    record.hash = record_hash(record)
+    session.add(record)
+    return record
+
+
+def record_hash(record: AuditRecord) -> str:
+    canonical = json.dumps(
+        {
+            "seq": record.seq,
+            "at": record.at.isoformat(),
+            "operator": record.operator,
+            "action": record.action,
+            "target_serial": record.target_serial,
+            "target_name": record.target_name,
+            "outcome": record.outcome,
+            "details": record.details,
+            "prev_hash": record.prev_hash,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def list_records(engine: Engine, *, since: datetime | None = None) -> list[AuditRecord]:
+    query = select(AuditRecord).order_by(AuditRecord.seq)
+    if since is not None:
+        query = query.where(AuditRecord.at >= since)
+    with read_session(engine) as session, session.begin():
+        return list(session.scalars(query))
+
+
+@dataclass(frozen=True, slots=True)
+class AuditVerdict:
+    records: int
+    problem: str | None  # None when the chain is intact
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+def verify_audit_log(engine: Engine) -> AuditVerdict:
+    with read_session(engine) as session, session.begin():
+        records = list(session.scalars(select(AuditRecord).order_by(AuditRecord.seq)))
+        expected_prev, created = GENESIS_HASH, set()
+        for position, record in enumerate(records, start=1):
+            if record.seq != position:
+                return AuditVerdict(len(records), f"record {position} is missing (next is {record.seq})")
+            if record.prev_hash != expected_prev:
+                return AuditVerdict(len(records), f"record {record.seq} does not link to record {position - 1}")
+            if record_hash(record) != record.hash:
+                return AuditVerdict(len(records), f"record {record.seq} ({record.action}) was altered")
+            expected_prev = record.hash
+            if record.action in {"init-ca", "issue"}:
+                created.add(record.target_serial)
+                created.update(record.details.get("created_serials", []))
+        for kind, serial in [
+            *(("CA", s) for s in session.scalars(select(Authority.serial))),
+            *(("certificate", s) for s in session.scalars(select(Certificate.serial))),
+        ]:
+            if serial not in created:
+                return AuditVerdict(len(records), f"{kind} {serial} has no audit record: records were removed")
+    return AuditVerdict(len(records), None)

@@ -1,0 +1,193 @@
+"""Creating the CA and unlocking it for signing."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from mcp_pki.errors import Conflict, InventoryError, PassphraseError, PolicyViolation
+from mcp_pki.pki import keys, profiles
+from mcp_pki.pki.inspect import pem
+from mcp_pki.pki.names import validate_dns_name
+from mcp_pki.services import audit
+from mcp_pki.services.files import StagedFiles, refuse_existing
+from mcp_pki.services.home import Home
+from mcp_pki.store.db import open_inventory, write_session
+from mcp_pki.store.models import Authority
+
+PassphraseSource = Callable[[], bytes | None]
+MIN_PASSPHRASE_LENGTH = 8
+
+
+@dataclass(frozen=True, slots=True)
+class CaRequest:
+    common_name: str
+    org: str | None
+    key_type: keys.KeyType
+    validity: timedelta
+    single_tier: bool
+    permitted_dns: tuple[str, ...]
+    passphrase: bytes | None  # None only with --no-passphrase
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedCa:
+    root: x509.Certificate
+    issuing: x509.Certificate | None
+    root_file: Path
+
+
+def normalise_permitted_dns(suffixes: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(validate_dns_name(s.removeprefix(".")) for s in suffixes))
+
+
+def init_ca(home: Home, request: CaRequest, *, now: datetime) -> CreatedCa:
+    """Create the root (and the issuing CA it signs), store both encrypted, write ca.crt."""
+    if request.passphrase is not None and len(request.passphrase) < MIN_PASSPHRASE_LENGTH:
+        raise PassphraseError(f"the CA passphrase must have at least {MIN_PASSPHRASE_LENGTH} characters")
+    refuse_existing([home.root_certificate_file], force=False)
+    engine = open_inventory(home.db_url, create=True)
+    try:
+        with write_session(engine) as session, session.begin():
+            if session.scalar(select(Authority.id).limit(1)) is not None:
+                raise Conflict(f"this inventory already has a CA ({home.db_url}): refusing to replace it")
+            root, issuing = _create_authorities(session, request, now=now)
+            staged = StagedFiles()
+            try:
+                staged.ensure_folder(home.path)
+                staged.stage(home.root_certificate_file, pem(root).encode("ascii"))
+                session.flush()
+            except BaseException:
+                staged.discard()
+                raise
+        staged.commit()
+    finally:
+        engine.dispose()
+    return CreatedCa(root=root, issuing=issuing, root_file=home.root_certificate_file)
+
+
+def _create_authorities(
+    session: Session, request: CaRequest, *, now: datetime
+) -> tuple[x509.Certificate, x509.Certificate | None]:
+    root_key = keys.generate_private_key(request.key_type)
+    root_not_after = now + request.validity
+    root_cert = profiles.build_root_ca(
+        key=root_key,
+        subject=profiles.ca_name(f"{request.common_name} Root CA", request.org),
+        serial=profiles.new_serial(),
+        not_before=now - profiles.BACKDATE,
+        not_after=root_not_after,
+        permitted_dns=request.permitted_dns if request.single_tier else (),
+    )
+    root = _authority_row(
+        "root", root_cert, root_key, request, signs_leaves=request.single_tier, now=now
+    )
+    session.add(root)
+    issuing_cert = None
+    if not request.single_tier:
+        issuing_key = keys.generate_private_key(request.key_type)
+        # The issuing CA lives half as long as the root (5 of 10 years by default), so it
+        # can be replaced under the same root long before the root itself expires.
+        issuing_cert = profiles.build_issuing_ca(
+            public_key=issuing_key.public_key(),
+            subject=profiles.ca_name(f"{request.common_name} Issuing CA", request.org),
+            issuer=profiles.Issuer(root_cert, root_key),
+            serial=profiles.new_serial(),
+            not_before=now - profiles.BACKDATE,
+            not_after=now + request.validity / 2,
+            permitted_dns=request.permitted_dns,
+        )
+        issuing = _authority_row("issuing", issuing_cert, issuing_key, request, signs_leaves=True, now=now)
+        issuing.parent = root
+        session.add(issuing)
+    audit.append_record(
+        session,
+        now=now,
+        action="init-ca",
+        target_serial=profiles.serial_hex(root_cert.serial_number),
+        target_name=request.common_name,
+        details={
+            "created_serials": [
+                profiles.serial_hex(c.serial_number) for c in (root_cert, issuing_cert) if c
+            ],
+            "key_type": request.key_type.value,
+            "single_tier": request.single_tier,
+            "permitted_dns": list(request.permitted_dns),
+            "key_encrypted": request.passphrase is not None,
+        },
+    )
+    return root_cert, issuing_cert
+
+
+def _authority_row(
+    role: str,
+    certificate: x509.Certificate,
+    key: keys.CertificateIssuerPrivateKeyTypes,
+    request: CaRequest,
+    *,
+    signs_leaves: bool,
+    now: datetime,
+) -> Authority:
+    return Authority(
+        role=role,
+        signs_leaves=signs_leaves,
+        serial=profiles.serial_hex(certificate.serial_number),
+        subject=certificate.subject.rfc4514_string(),
+        key_type=request.key_type.value,
+        certificate_pem=pem(certificate),
+        encrypted_key_pem=keys.encrypt_private_key(key, request.passphrase),
+        key_encrypted=request.passphrase is not None,
+        permitted_dns=list(request.permitted_dns),
+        not_before=certificate.not_valid_before_utc,
+        not_after=certificate.not_valid_after_utc,
+        created_at=now,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """The CA certificates a leaf needs: its issuer first, the root last."""
+
+    signer: Authority
+    authorities: tuple[Authority, ...]
+
+    @property
+    def root(self) -> Authority:
+        return self.authorities[-1]
+
+    def intermediates(self) -> tuple[Authority, ...]:
+        """What a server sends after its own certificate: every CA except the root."""
+        return self.authorities[:-1]
+
+
+def signing_chain(session: Session) -> Chain:
+    signer = session.scalar(
+        select(Authority).where(Authority.signs_leaves.is_(True)).order_by(Authority.id.desc()).limit(1)
+    )
+    if signer is None:
+        raise InventoryError("this inventory has no CA yet: run 'mcp-pki init-ca' first")
+    chain, current = [signer], signer
+    while current.parent is not None:
+        current = current.parent
+        chain.append(current)
+    return Chain(signer=signer, authorities=tuple(chain))
+
+
+def unlock(authority: Authority, passphrase: PassphraseSource, *, now: datetime) -> profiles.Issuer:
+    """The CA's certificate and decrypted key, refusing an expired CA."""
+    if authority.not_after <= now:
+        raise PolicyViolation(
+            f"the CA {authority.subject} expired on {authority.not_after:%Y-%m-%d}: it cannot sign"
+        )
+    secret = passphrase() if authority.key_encrypted else None
+    key = keys.decrypt_private_key(authority.encrypted_key_pem, secret)
+    certificate = x509.load_pem_x509_certificate(authority.certificate_pem.encode("ascii"))
+    return profiles.Issuer(certificate, key)
+
+
+def open_existing(home: Home) -> Engine:
+    return open_inventory(home.db_url)

@@ -1,0 +1,260 @@
+"""Reading the inventory: finding certificates by REF, listing, inspecting, exporting."""
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import Enum
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import Engine, Select, select
+from sqlalchemy.orm import Session, contains_eager
+
+from mcp_pki.errors import Ambiguous, InvalidInput, NotFound
+from mcp_pki.pki.bundles import load_private_key, pkcs12_bytes
+from mcp_pki.pki.keys import CertificateIssuerPrivateKeyTypes
+from mcp_pki.pki.inspect import facts
+from mcp_pki.store.db import read_session
+from mcp_pki.store.models import Authority, Certificate, Revocation
+
+_SERIAL_PREFIX = re.compile(r"[0-9a-f]{8,40}")
+MIN_SERIAL_PREFIX = 8
+
+
+class Status(Enum):
+    VALID = "valid"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+
+
+def status_of(certificate: Certificate, now: datetime) -> Status:
+    if certificate.revocation is not None:
+        return Status.REVOKED
+    if certificate.not_after <= now:
+        return Status.EXPIRED
+    return Status.VALID
+
+
+def _with_revocation() -> Select[tuple[Certificate]]:
+    return select(Certificate).outerjoin(Certificate.revocation).options(contains_eager(Certificate.revocation))
+
+
+def resolve_ref(session: Session, ref: str, *, now: datetime) -> Certificate:
+    """A serial (full, or a unique prefix of at least 8 hex digits) or a NAME.
+
+    A NAME means the newest valid certificate of that name (the newest of any status when
+    none is valid). Certificates of different kinds sharing the name make it ambiguous.
+    """
+    by_serial: list[Certificate] = []
+    candidate = ref.lower().replace(":", "")
+    if _SERIAL_PREFIX.fullmatch(candidate):
+        by_serial = list(
+            session.scalars(_with_revocation().where(Certificate.serial.startswith(candidate, autoescape=True)))
+        )
+    by_name = list(
+        session.scalars(
+            _with_revocation().where(Certificate.name == ref).order_by(Certificate.not_before.desc(), Certificate.id.desc())
+        )
+    )
+    if by_serial and by_name:
+        raise Ambiguous(f"{ref!r} is both a name and a serial prefix: {_serials(by_serial + by_name)}")
+    if len(by_serial) > 1:
+        raise Ambiguous(f"serial prefix {ref!r} matches several certificates: {_serials(by_serial)}")
+    if by_serial:
+        return by_serial[0]
+    if not by_name:
+        raise NotFound(f"no certificate matches {ref!r} (give a name or a serial of at least {MIN_SERIAL_PREFIX} hex digits)")
+    valid = [c for c in by_name if status_of(c, now) is Status.VALID]
+    pool = valid or by_name
+    kinds = {c.kind for c in pool}
+    if len(kinds) > 1:
+        raise Ambiguous(
+            f"name {ref!r} has certificates of several kinds ({', '.join(sorted(kinds))}): "
+            f"give a serial: {_serials(pool)}"
+        )
+    return pool[0]
+
+
+def _serials(certificates: list[Certificate]) -> str:
+    return ", ".join(f"{c.serial} ({c.kind})" for c in certificates)
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateView:
+    """What `show` and `list` print: the inventory row and the certificate's own facts."""
+
+    serial: str
+    name: str
+    kind: str
+    owner: str | None
+    status: Status
+    subject: str
+    issuer: str
+    sans: tuple[str, ...]
+    roles: tuple[str, ...]
+    extended_key_usage: tuple[str, ...]
+    key_type: str
+    not_before: datetime
+    not_after: datetime
+    days_left: int
+    sha256_fingerprint: str
+    chain: tuple[str, ...]  # issuer subjects, the issuing CA first, the root last
+    revoked_at: datetime | None
+    revocation_reason: str | None
+    renews: str | None
+    from_csr: bool
+    pem: str
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "serial": self.serial, "name": self.name, "kind": self.kind, "owner": self.owner,
+            "status": self.status.value, "subject": self.subject, "issuer": self.issuer,
+            "sans": list(self.sans), "roles": list(self.roles),
+            "extended_key_usage": list(self.extended_key_usage), "key_type": self.key_type,
+            "not_before": _iso(self.not_before), "not_after": _iso(self.not_after),
+            "days_left": self.days_left, "sha256_fingerprint": self.sha256_fingerprint,
+            "chain": list(self.chain), "revoked_at": _iso(self.revoked_at),
+            "revocation_reason": self.revocation_reason, "renews": self.renews,
+            "from_csr": self.from_csr,
+        }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+
+
+def view(session: Session, certificate: Certificate, *, now: datetime) -> CertificateView:
+    cert = x509.load_pem_x509_certificate(certificate.certificate_pem.encode("ascii"))
+    leaf = facts(cert)
+    chain, authority = [], session.get(Authority, certificate.issuer_id)
+    while authority is not None:
+        chain.append(authority.subject)
+        authority = authority.parent
+    renews = session.get(Certificate, certificate.renews_id) if certificate.renews_id else None
+    revocation = certificate.revocation
+    return CertificateView(
+        serial=certificate.serial, name=certificate.name, kind=certificate.kind, owner=certificate.owner,
+        status=status_of(certificate, now), subject=leaf.subject, issuer=leaf.issuer, sans=leaf.sans,
+        roles=leaf.roles, extended_key_usage=leaf.extended_key_usage, key_type=leaf.key_type,
+        not_before=leaf.not_before, not_after=leaf.not_after,
+        days_left=max(0, (leaf.not_after - now).days), sha256_fingerprint=leaf.sha256_fingerprint,
+        chain=tuple(chain), revoked_at=revocation.revoked_at if revocation else None,
+        revocation_reason=(revocation.reason or "unspecified") if revocation else None,
+        renews=renews.serial if renews else None, from_csr=certificate.from_csr,
+        pem=certificate.certificate_pem,
+    )
+
+
+def show_certificate(engine: Engine, ref: str, *, now: datetime) -> CertificateView:
+    with read_session(engine) as session, session.begin():
+        return view(session, resolve_ref(session, ref, now=now), now=now)
+
+
+@dataclass(frozen=True, slots=True)
+class ListFilter:
+    kind: str | None = None
+    status: Status | None = None
+    expiring_within: timedelta | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListedCertificate:
+    serial: str
+    name: str
+    kind: str
+    owner: str | None
+    status: Status
+    not_after: datetime
+    sans: tuple[str, ...]
+    roles: tuple[str, ...]
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "serial": self.serial, "name": self.name, "kind": self.kind, "owner": self.owner,
+            "status": self.status.value, "not_after": _iso(self.not_after),
+            "sans": list(self.sans), "roles": list(self.roles),
+        }
+
+
+def list_certificates(engine: Engine, wanted: ListFilter, *, now: datetime) -> list[ListedCertificate]:
+    query = _with_revocation().order_by(Certificate.name, Certificate.not_before, Certificate.id)
+    if wanted.kind:
+        query = query.where(Certificate.kind == wanted.kind)
+    if wanted.name:
+        query = query.where(Certificate.name == wanted.name)
+    if wanted.status is Status.REVOKED:
+        query = query.where(Revocation.certificate_id.is_not(None))
+    elif wanted.status is Status.EXPIRED:
+        query = query.where(Revocation.certificate_id.is_(None), Certificate.not_after <= now)
+    elif wanted.status is Status.VALID:
+        query = query.where(Revocation.certificate_id.is_(None), Certificate.not_after > now)
+    if wanted.expiring_within is not None:
+        query = query.where(
+            Revocation.certificate_id.is_(None),
+            Certificate.not_after > now,
+            Certificate.not_after <= now + wanted.expiring_within,
+        )
+    with read_session(engine) as session, session.begin():
+        return [
+            ListedCertificate(
+                serial=c.serial, name=c.name, kind=c.kind, owner=c.owner, status=status_of(c, now),
+                not_after=c.not_after, sans=tuple(c.sans), roles=tuple(c.roles),
+            )
+            for c in session.scalars(query)
+        ]
+
+
+class ExportFormat(Enum):
+    PEM = "pem"
+    DER = "der"
+    CHAIN = "chain"
+    P12 = "p12"
+
+
+def export_certificate(
+    engine: Engine,
+    ref: str,
+    export_format: ExportFormat,
+    *,
+    now: datetime,
+    key_pem: bytes | None = None,
+    p12_passphrase: bytes | None = None,
+    p12_legacy: bool = False,
+) -> bytes:
+    """The certificate as PEM, DER, a chain (leaf then intermediates, like ``tls.crt``) or a
+    PKCS#12 bundle with the private key the user supplies (we never keep leaf keys)."""
+    with read_session(engine) as session, session.begin():
+        row = resolve_ref(session, ref, now=now)
+        certificate = x509.load_pem_x509_certificate(row.certificate_pem.encode("ascii"))
+        authorities, authority = [], session.get(Authority, row.issuer_id)
+        while authority is not None:
+            authorities.append(x509.load_pem_x509_certificate(authority.certificate_pem.encode("ascii")))
+            authority = authority.parent
+        name = row.name
+    intermediates, root = authorities[:-1], authorities[-1]
+    if export_format is ExportFormat.PEM:
+        return certificate.public_bytes(serialization.Encoding.PEM)
+    if export_format is ExportFormat.DER:
+        return certificate.public_bytes(serialization.Encoding.DER)
+    if export_format is ExportFormat.CHAIN:
+        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in [certificate, *intermediates])
+    if key_pem is None:
+        raise InvalidInput("--format p12 needs the certificate's private key: pass --key FILE")
+    key = load_private_key(key_pem)
+    if key.public_key() != certificate.public_key():
+        raise InvalidInput("the private key does not belong to this certificate")
+    if p12_passphrase is None:
+        raise InvalidInput("a PKCS#12 bundle needs a passphrase")
+    return pkcs12_bytes(
+        name=name, key=_issuer_key_type(key), certificate=certificate,
+        ca_certificates=[*intermediates, root], passphrase=p12_passphrase, legacy=p12_legacy,
+    )
+
+
+def _issuer_key_type(key: object) -> CertificateIssuerPrivateKeyTypes:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)):
+        raise InvalidInput("unsupported private key type")
+    return key

@@ -1,0 +1,200 @@
+"""Issuing server and client certificates."""
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+
+from mcp_pki.errors import InvalidInput
+from mcp_pki.pki import keys, profiles
+from mcp_pki.pki.bundles import pkcs12_bytes
+from mcp_pki.pki.csr import VerifiedRequest
+from mcp_pki.pki.inspect import CertificateFacts, facts, pem
+from mcp_pki.pki.names import SubjectAltNames, check_permitted_dns
+from mcp_pki.pki.profiles import CertificateKind
+from mcp_pki.services import audit
+from mcp_pki.services.authority import PassphraseSource, signing_chain, unlock
+from mcp_pki.services.files import PRIVATE, StagedFiles, refuse_existing
+from mcp_pki.services.home import Home
+from mcp_pki.store.db import open_inventory, read_session, write_session
+from mcp_pki.store.models import Certificate
+
+
+@dataclass(frozen=True, slots=True)
+class LeafRequest:
+    kind: CertificateKind
+    name: str
+    sans: SubjectAltNames
+    roles: tuple[str, ...] = ()
+    owner: str | None = None
+    validity: timedelta = profiles.LEAF_VALIDITY
+    key_type: keys.KeyType = keys.KeyType.P256
+    csr: VerifiedRequest | None = None
+    renews_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutputRequest:
+    folder: Path
+    force: bool = False
+    p12_passphrase: bytes | None = None  # a tls.p12 is written when set
+    p12_legacy: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedLeaf:
+    kind: CertificateKind
+    name: str
+    owner: str | None
+    facts: CertificateFacts
+    files: list[Path]
+    warnings: list[str] = field(default_factory=list)
+
+
+def issue_leaf(
+    home: Home,
+    request: LeafRequest,
+    output: OutputRequest,
+    *,
+    passphrase: PassphraseSource,
+    now: datetime,
+) -> IssuedLeaf:
+    """Sign one leaf certificate, record it, then write its files.
+
+    The certificate row and its audit record commit in one transaction before any file
+    holding the certificate is renamed into place.
+    """
+    _check_request(request, output)
+    paths = _output_paths(request, output)
+    refuse_existing(list(paths.values()), force=output.force)
+    policy = home.policy()
+    engine = open_inventory(home.db_url)
+    try:
+        with read_session(engine) as session, session.begin():
+            chain = signing_chain(session)
+        check_permitted_dns(request.sans, tuple(chain.signer.permitted_dns))
+        issuer = unlock(chain.signer, passphrase, now=now)
+        private_key = None if request.csr else keys.generate_private_key(request.key_type)
+        public_key = request.csr.public_key if request.csr else private_key.public_key()  # type: ignore[union-attr]
+        validity = profiles.leaf_validity(
+            now=now, requested=request.validity, policy_max=policy.max_validity,
+            issuer_not_after=chain.signer.not_after,
+        )
+        org = _organisation(issuer.certificate)
+        certificate = profiles.build_leaf(
+            kind=request.kind,
+            public_key=public_key,
+            subject=profiles.leaf_name(request.name, org, request.roles),
+            sans=request.sans,
+            issuer=issuer,
+            serial=profiles.new_serial(),
+            validity=validity,
+        )
+        leaf_facts = facts(certificate)
+        intermediates = [_load(a.certificate_pem) for a in chain.intermediates()]
+        root_pem = chain.root.certificate_pem
+
+        staged = StagedFiles()
+        try:
+            with write_session(engine) as session, session.begin():
+                session.add(_certificate_row(request, certificate, leaf_facts, chain.signer.id, now))
+                audit.append_record(
+                    session, now=now, action="issue", target_serial=leaf_facts.serial,
+                    target_name=request.name,
+                    details={
+                        "kind": request.kind.value, "sans": list(leaf_facts.sans),
+                        "roles": list(request.roles), "not_after": leaf_facts.not_after.isoformat(),
+                        "key_type": leaf_facts.key_type, "from_csr": request.csr is not None,
+                        "renews_id": request.renews_id,
+                    },
+                )
+                session.flush()
+                # Stage (write and fsync) the files while the transaction is open, so that
+                # a full disk aborts the issuance instead of leaving a certificate without files.
+                staged.ensure_folder(output.folder)
+                chain_pem = pem(certificate) + "".join(pem(c) for c in intermediates)
+                staged.stage(paths["tls.crt"], chain_pem.encode("ascii"))
+                staged.stage(paths["ca.crt"], root_pem.encode("ascii"))
+                if private_key is not None:
+                    staged.stage(paths["tls.key"], keys.private_key_pem(private_key), mode=PRIVATE)
+                if output.p12_passphrase is not None and private_key is not None:
+                    bundle = pkcs12_bytes(
+                        name=request.name, key=private_key, certificate=certificate,
+                        ca_certificates=[*intermediates, _load(root_pem)],
+                        passphrase=output.p12_passphrase, legacy=output.p12_legacy,
+                    )
+                    staged.stage(paths["tls.p12"], bundle, mode=PRIVATE)
+        except BaseException:
+            staged.discard()
+            raise
+        written = staged.commit()
+    finally:
+        engine.dispose()
+
+    warnings = []
+    if validity.capped_by:
+        warnings.append(
+            f"validity shortened to end {validity.not_after:%Y-%m-%d %H:%M} UTC by {validity.capped_by}"
+        )
+    if request.csr:
+        ignored = [n for n in request.csr.requested_names if n.split(":", 1)[1] not in _approved(request)]
+        if ignored:
+            warnings.append(
+                "names in the CSR that were not approved on the command line were not signed: "
+                + ", ".join(ignored)
+            )
+    return IssuedLeaf(request.kind, request.name, request.owner, leaf_facts, written, warnings)
+
+
+def _check_request(request: LeafRequest, output: OutputRequest) -> None:
+    if request.kind is CertificateKind.SERVER and not (request.sans.dns or request.sans.ips):
+        raise InvalidInput("a server certificate needs at least one --dns or --ip name")
+    if request.csr and output.p12_passphrase is not None:
+        raise InvalidInput("--p12 needs the private key, which stays with the requester when --csr is used")
+
+
+def _output_paths(request: LeafRequest, output: OutputRequest) -> dict[str, Path]:
+    names = ["tls.crt", "ca.crt"]
+    if request.csr is None:
+        names.append("tls.key")
+        if output.p12_passphrase is not None:
+            names.append("tls.p12")
+    return {name: output.folder / name for name in names}
+
+
+def _certificate_row(
+    request: LeafRequest, certificate: x509.Certificate, leaf: CertificateFacts, issuer_id: int, now: datetime
+) -> Certificate:
+    return Certificate(
+        issuer_id=issuer_id,
+        serial=leaf.serial,
+        kind=request.kind.value,
+        name=request.name,
+        owner=request.owner,
+        subject=leaf.subject,
+        sans=list(leaf.sans),
+        roles=list(request.roles),
+        key_type=leaf.key_type,
+        from_csr=request.csr is not None,
+        not_before=leaf.not_before,
+        not_after=leaf.not_after,
+        certificate_pem=pem(certificate),
+        sha256_fingerprint=leaf.sha256_fingerprint,
+        renews_id=request.renews_id,
+        created_at=now,
+    )
+
+
+def _organisation(ca_certificate: x509.Certificate) -> str | None:
+    values = ca_certificate.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME)
+    return str(values[0].value) if values else None
+
+
+def _approved(request: LeafRequest) -> set[str]:
+    labels = {label.split(":", 1)[1] for label in request.sans.labels()}
+    return labels | {request.name}
+
+
+def _load(certificate_pem: str) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(certificate_pem.encode("ascii"))

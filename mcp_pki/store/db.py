@@ -1,0 +1,131 @@
+"""Opening the inventory: engine set-up, SQLite's write locking, schema migrations."""
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
+from sqlalchemy.orm import Session
+
+from mcp_pki.errors import InventoryError
+
+# The newest migration in `migrations/versions`. Checked against Alembic by a test, and
+# compared here without importing Alembic, which would double the start-up time.
+SCHEMA_REVISION = "0001"
+_OUR_TABLES = {"authorities", "certificates", "audit_log"}
+# Concurrent writers wait this long for each other before giving up.
+BUSY_TIMEOUT_MS = 30_000
+
+
+def open_inventory(url: str, *, create: bool = False) -> Engine:
+    """An engine on a database that holds the current schema.
+
+    A database that does not exist is created only when `create` is set (by ``init-ca``);
+    an older schema is migrated; a database that is not ours is refused untouched.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise InventoryError(f"invalid database URL {url!r}") from None
+    is_sqlite = parsed.get_backend_name() == "sqlite"
+    if is_sqlite and parsed.database not in (None, "", ":memory:"):
+        path = Path(parsed.database)
+        if not path.exists() and not create:
+            raise InventoryError(f"no inventory at {path}: run 'mcp-pki init-ca' first")
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        engine = create_engine(parsed)
+    except (NoSuchModuleError, ImportError) as exc:
+        raise InventoryError(f"cannot use database {parsed.render_as_string()}: {exc}") from None
+    if is_sqlite:
+        _configure_sqlite(engine)
+    try:
+        _ensure_schema(engine, display=parsed.render_as_string(hide_password=True))
+    except OperationalError as exc:
+        raise InventoryError(f"cannot open the inventory: {_reason(exc)}") from None
+    except DatabaseError as exc:
+        raise InventoryError(
+            f"{parsed.render_as_string()} is not a usable mcp-pki inventory: {_reason(exc)}"
+        ) from None
+    return engine
+
+
+def write_session(engine: Engine) -> Session:
+    """A session whose transaction takes the write lock at BEGIN (see `_configure_sqlite`)."""
+    return Session(engine.execution_options(mcp_pki_write=True), expire_on_commit=False)
+
+
+def read_session(engine: Engine) -> Session:
+    return Session(engine, expire_on_commit=False)
+
+
+def lock_for_write(session: Session) -> None:
+    """Serialise writers that must see each other's rows (serials, the audit chain).
+
+    SQLite is already serialised by BEGIN IMMEDIATE; PostgreSQL takes a transaction-scoped
+    advisory lock, released at commit or rollback.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(4242424242)"))
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """SQLAlchemy's documented recipe for SQLite transactions that wait instead of failing.
+
+    pysqlite begins transactions lazily, at the first write: two processes that both read
+    first then deadlock into an instant "database is locked". Disabling pysqlite's own
+    BEGIN and emitting BEGIN IMMEDIATE ourselves takes the write lock up front, so a second
+    writer waits (busy_timeout) for the first to commit.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            # FULL: a committed certificate survives a power cut, as the inventory promises.
+            cursor.execute("PRAGMA synchronous = FULL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        write = connection.get_execution_options().get("mcp_pki_write", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _ensure_schema(engine: Engine, *, display: str) -> None:
+    with engine.connect() as connection:
+        tables = set(_table_names(connection))
+        revision = None
+        if "alembic_version" in tables:
+            revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    if revision == SCHEMA_REVISION:
+        return
+    if tables and not (_OUR_TABLES <= tables and "alembic_version" in tables):
+        raise InventoryError(f"{display} is not an mcp-pki inventory (it holds other tables)")
+    from mcp_pki.store.migrate import known_revisions, upgrade  # Alembic only when needed
+
+    if revision is not None and revision not in known_revisions():
+        raise InventoryError(
+            f"the inventory's schema ({revision}) is newer than this mcp-pki: upgrade mcp-pki"
+        )
+    upgrade(engine)
+
+
+def _table_names(connection: Any) -> list[str]:
+    if connection.dialect.name == "sqlite":
+        rows = connection.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return [row[0] for row in rows]
+    from sqlalchemy import inspect
+
+    return list(inspect(connection).get_table_names())
+
+
+def _reason(exc: DatabaseError) -> str:
+    return str(exc.orig) if exc.orig is not None else str(exc).splitlines()[0]
