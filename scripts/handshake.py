@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A real mutual-TLS handshake over loopback between two certificate folders.
 
-    handshake.py --server-dir D1 --client-dir D2 [--crl FILE] [--server-name localhost]
+    handshake.py --server-dir D1 --client-dir D2 [--crl FILE] [--server-name NAME]
 
 Each folder holds tls.crt (leaf then intermediates), tls.key and ca.crt (root), as written by
 `mcp-pki issue`. The server requires a client certificate and trusts D1/ca.crt; the client
@@ -117,7 +117,7 @@ def _reason(exc):
     return str(exc) or type(exc).__name__
 
 
-def handshake(server_dir, client_dir, server_name="localhost", crl=None):
+def handshake(server_dir, client_dir, server_name="127.0.0.1", crl=None):
     sctx = server_context(server_dir, crl)
     cctx = client_context(client_dir)
 
@@ -182,8 +182,8 @@ def main(argv=None):
                         help="folder with the server's tls.crt, tls.key, ca.crt")
     parser.add_argument("--client-dir", required=True,
                         help="folder with the client's tls.crt, tls.key, ca.crt")
-    parser.add_argument("--server-name", default="localhost",
-                        help="name the client expects (default: localhost)")
+    parser.add_argument("--server-name", default="127.0.0.1",
+                        help="name the client checks in the server certificate (default: 127.0.0.1)")
     parser.add_argument("--crl", help="PEM file of CRLs the server checks the client against")
     args = parser.parse_args(argv)
     try:

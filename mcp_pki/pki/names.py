@@ -21,6 +21,7 @@ _T = TypeVar("_T")
 # characters, no leading dot, so it can never climb out of the output folder.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+_TOP_LABEL = re.compile(r"[a-z0-9-]{0,62}[a-z]")
 _URI_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
 _EMAIL_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}")
 _ROLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
@@ -55,6 +56,13 @@ def validate_dns_name(text: str, *, allow_wildcard: bool = False) -> str:
                 f"invalid DNS name {text!r}: labels are letters, digits and inner hyphens "
                 "(no empty labels, trailing dots, underscores or wildcards inside)"
             )
+    # RFC 5280's preferred name syntax as linters read it: a host name under a top-level
+    # label that ends in a letter. "localhost" or "db" alone are not such names.
+    if len(labels) < 2 or not _TOP_LABEL.fullmatch(labels[-1]):
+        raise InvalidInput(
+            f"invalid DNS name {text!r}: give a fully qualified name such as files.internal "
+            "(for loopback use --ip 127.0.0.1, or a name under .localhost)"
+        )
     return name
 
 
