@@ -14,6 +14,7 @@ from mcp_pki.pki import keys, profiles
 from mcp_pki.pki.inspect import pem
 from mcp_pki.pki.names import validate_dns_name
 from mcp_pki.services import audit
+from mcp_pki.services.crls import publish_crls, stage_crl_file
 from mcp_pki.services.files import StagedFiles, refuse_existing
 from mcp_pki.services.home import Home
 from mcp_pki.store.db import open_inventory, write_session
@@ -49,18 +50,25 @@ def init_ca(home: Home, request: CaRequest, *, now: datetime) -> CreatedCa:
     """Create the root (and the issuing CA it signs), store both encrypted, write ca.crt."""
     if request.passphrase is not None and len(request.passphrase) < MIN_PASSPHRASE_LENGTH:
         raise PassphraseError(f"the CA passphrase must have at least {MIN_PASSPHRASE_LENGTH} characters")
-    refuse_existing([home.root_certificate_file], force=False)
+    refuse_existing([home.root_certificate_file, home.crl_file], force=False)
     engine = open_inventory(home.db_url, create=True)
     try:
         with write_session(engine) as session, session.begin():
             if session.scalar(select(Authority.id).limit(1)) is not None:
                 raise Conflict(f"this inventory already has a CA ({home.db_url}): refusing to replace it")
-            root, issuing = _create_authorities(session, request, now=now)
+            root, issuing, signers = _create_authorities(session, request, now=now)
+            session.flush()
+            # Publish empty CRLs at once: servers configured with ssl_crl need a CRL from
+            # every CA in the chain before the first revocation ever happens.
+            crls = publish_crls(
+                session, {row.id: issuer for row, issuer in signers}, now=now,
+                validity=home.policy().crl_validity, published_file=home.crl_file,
+            )
             staged = StagedFiles()
             try:
                 staged.ensure_folder(home.path)
                 staged.stage(home.root_certificate_file, pem(root).encode("ascii"))
-                session.flush()
+                stage_crl_file(staged, crls, home.crl_file)
             except BaseException:
                 staged.discard()
                 raise
@@ -72,7 +80,7 @@ def init_ca(home: Home, request: CaRequest, *, now: datetime) -> CreatedCa:
 
 def _create_authorities(
     session: Session, request: CaRequest, *, now: datetime
-) -> tuple[x509.Certificate, x509.Certificate | None]:
+) -> tuple[x509.Certificate, x509.Certificate | None, list[tuple[Authority, profiles.Issuer]]]:
     root_key = keys.generate_private_key(request.key_type)
     root_not_after = now + request.validity
     root_cert = profiles.build_root_ca(
@@ -87,6 +95,7 @@ def _create_authorities(
         "root", root_cert, root_key, request, signs_leaves=request.single_tier, now=now
     )
     session.add(root)
+    signers = [(root, profiles.Issuer(root_cert, root_key))]
     issuing_cert = None
     if not request.single_tier:
         issuing_key = keys.generate_private_key(request.key_type)
@@ -104,6 +113,7 @@ def _create_authorities(
         issuing = _authority_row("issuing", issuing_cert, issuing_key, request, signs_leaves=True, now=now)
         issuing.parent = root
         session.add(issuing)
+        signers.append((issuing, profiles.Issuer(issuing_cert, issuing_key)))
     audit.append_record(
         session,
         now=now,
@@ -120,7 +130,7 @@ def _create_authorities(
             "key_encrypted": request.passphrase is not None,
         },
     )
-    return root_cert, issuing_cert
+    return root_cert, issuing_cert, signers
 
 
 def _authority_row(
@@ -191,3 +201,8 @@ def unlock(authority: Authority, passphrase: PassphraseSource, *, now: datetime)
 
 def open_existing(home: Home) -> Engine:
     return open_inventory(home.db_url)
+
+
+def unlock_all(session: Session, passphrase: PassphraseSource, *, now: datetime) -> dict[int, profiles.Issuer]:
+    """Every CA key, decrypted: each CA signs its own CRL."""
+    return {a.id: unlock(a, passphrase, now=now) for a in session.scalars(select(Authority))}

@@ -10,12 +10,17 @@ from mcp_pki.durations import parse_duration
 from mcp_pki.errors import InvalidInput
 from mcp_pki.pki.profiles import LEAF_MAX_VALIDITY
 
+CRL_VALIDITY = timedelta(days=7)
+
 
 @dataclass(frozen=True, slots=True)
 class Policy:
     """Issuance settings from ``config.yaml``; the defaults need no file."""
 
     max_validity: timedelta = LEAF_MAX_VALIDITY
+    # How long a CRL stays current: servers reject everyone once it passes, so publish
+    # (`mcp-pki crl`, e.g. daily from cron) well before.
+    crl_validity: timedelta = CRL_VALIDITY
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +78,24 @@ def _load_yaml(path: Path) -> dict[str, Any]:
 
 
 def _parse_policy(data: dict[str, Any]) -> Policy:
-    policy = data.get("policy") or {}
-    if not isinstance(policy, dict):
-        raise InvalidInput("config.yaml: 'policy' must be a mapping")
-    unknown = set(policy) - {"max_validity"}
+    """``policy: {max_validity: 397d}`` and ``crl: {next_update: 7d}``."""
+    policy, crl = _section(data, "policy", {"max_validity"}), _section(data, "crl", {"next_update"})
+    defaults = Policy()
+    return Policy(
+        max_validity=_duration(policy, "max_validity", defaults.max_validity),
+        crl_validity=_duration(crl, "next_update", defaults.crl_validity),
+    )
+
+
+def _section(data: dict[str, Any], name: str, known: set[str]) -> dict[str, Any]:
+    section = data.get(name) or {}
+    if not isinstance(section, dict):
+        raise InvalidInput(f"config.yaml: '{name}' must be a mapping")
+    unknown = set(section) - known
     if unknown:
-        raise InvalidInput(f"config.yaml: unknown policy setting(s): {', '.join(sorted(unknown))}")
-    if "max_validity" in policy:
-        return Policy(max_validity=parse_duration(str(policy["max_validity"])))
-    return Policy()
+        raise InvalidInput(f"config.yaml: unknown {name} setting(s): {', '.join(sorted(unknown))}")
+    return section
+
+
+def _duration(section: dict[str, Any], key: str, default: timedelta) -> timedelta:
+    return parse_duration(str(section[key])) if key in section else default
