@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from mcp_pki import __version__
-from mcp_pki.cli import audit, ca, db, inventory, issue, revocation
+from mcp_pki.cli import audit, ca, db, health, inventory, issue, renew, revocation
 from mcp_pki.cli.common import Settings
 from mcp_pki.errors import PkiError
 
@@ -82,6 +82,9 @@ cli.add_command(inventory.export)
 cli.add_command(revocation.revoke)
 cli.add_command(revocation.offboard)
 cli.add_command(revocation.crl)
+cli.add_command(renew.renew)
+cli.add_command(health.status)
+cli.add_command(health.verify)
 cli.add_command(audit.audit)
 cli.add_command(db.db)
 

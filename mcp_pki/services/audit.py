@@ -106,7 +106,7 @@ def verify_audit_log(engine: Engine) -> AuditVerdict:
             if record_hash(record) != record.hash:
                 return AuditVerdict(len(records), f"record {record.seq} ({record.action}) was altered")
             expected_prev = record.hash
-            if record.action in {"init-ca", "issue"}:
+            if record.action in {"init-ca", "issue", "renew"}:
                 created.add(record.target_serial)
                 created.update(record.details.get("created_serials", []))
         for kind, serial in [

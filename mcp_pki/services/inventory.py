@@ -7,7 +7,7 @@ from enum import Enum
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import Engine, Select, select
+from sqlalchemy import Engine, Select, func, select
 from sqlalchemy.orm import Session, contains_eager
 
 from mcp_pki.errors import Ambiguous, InvalidInput, NotFound
@@ -203,6 +203,18 @@ def list_certificates(engine: Engine, wanted: ListFilter, *, now: datetime) -> l
             )
             for c in session.scalars(query)
         ]
+
+
+def count_by_status(engine: Engine, *, now: datetime) -> dict[str, int]:
+    revoked = Revocation.certificate_id.is_not(None)
+    query = select(
+        func.count(Certificate.id),
+        func.count(Revocation.certificate_id),
+        func.count(Certificate.id).filter(~revoked, Certificate.not_after <= now),
+    ).outerjoin(Certificate.revocation)
+    with read_session(engine) as session, session.begin():
+        total, revoked_count, expired = session.execute(query).one()
+    return {"valid": total - revoked_count - expired, "revoked": revoked_count, "expired": expired}
 
 
 class ExportFormat(Enum):

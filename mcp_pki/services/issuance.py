@@ -6,19 +6,24 @@ from pathlib import Path
 
 from cryptography import x509
 
-from mcp_pki.errors import InvalidInput
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from mcp_pki.errors import Conflict, InvalidInput
 from mcp_pki.pki import keys, profiles
 from mcp_pki.pki.bundles import pkcs12_bytes
+from mcp_pki.pki.crl import RevocationReason
 from mcp_pki.pki.csr import VerifiedRequest
 from mcp_pki.pki.inspect import CertificateFacts, facts, pem
 from mcp_pki.pki.names import SubjectAltNames, check_permitted_dns
 from mcp_pki.pki.profiles import CertificateKind
 from mcp_pki.services import audit
-from mcp_pki.services.authority import PassphraseSource, signing_chain, unlock
+from mcp_pki.services.authority import PassphraseSource, signing_chain, unlock, unlock_all
+from mcp_pki.services.crls import PublishedCrl, publish_crls, stage_crl_file
 from mcp_pki.services.files import PRIVATE, StagedFiles, refuse_existing
 from mcp_pki.services.home import Home
 from mcp_pki.store.db import open_inventory, read_session, write_session
-from mcp_pki.store.models import Certificate
+from mcp_pki.store.models import Certificate, Revocation
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,22 +64,27 @@ def issue_leaf(
     *,
     passphrase: PassphraseSource,
     now: datetime,
+    engine: Engine | None = None,
+    supersedes: int | None = None,
 ) -> IssuedLeaf:
     """Sign one leaf certificate, record it, then write its files.
 
     The certificate row and its audit record commit in one transaction before any file
-    holding the certificate is renamed into place.
+    holding the certificate is renamed into place. With `supersedes`, that certificate is
+    revoked as superseded and the CRLs republished in the same transaction.
     """
     _check_request(request, output)
     paths = _output_paths(request, output)
     refuse_existing(list(paths.values()), force=output.force)
     policy = home.policy()
-    engine = open_inventory(home.db_url)
+    own_engine = engine is None
+    engine = engine or open_inventory(home.db_url)
     try:
         with read_session(engine) as session, session.begin():
             chain = signing_chain(session)
-        check_permitted_dns(request.sans, tuple(chain.signer.permitted_dns))
-        issuer = unlock(chain.signer, passphrase, now=now)
+            check_permitted_dns(request.sans, tuple(chain.signer.permitted_dns))
+            issuers = unlock_all(session, passphrase, now=now) if supersedes else {}
+        issuer = issuers.get(chain.signer.id) or unlock(chain.signer, passphrase, now=now)
         private_key = None if request.csr else keys.generate_private_key(request.key_type)
         public_key = request.csr.public_key if request.csr else private_key.public_key()  # type: ignore[union-attr]
         validity = profiles.leaf_validity(
@@ -99,15 +109,21 @@ def issue_leaf(
         try:
             with write_session(engine) as session, session.begin():
                 session.add(_certificate_row(request, certificate, leaf_facts, chain.signer.id, now))
+                details: dict[str, object] = {
+                    "kind": request.kind.value, "sans": list(leaf_facts.sans),
+                    "roles": list(request.roles), "not_after": leaf_facts.not_after.isoformat(),
+                    "key_type": leaf_facts.key_type, "from_csr": request.csr is not None,
+                }
+                if request.renews_id is not None:
+                    details["renews"] = _serial_of(session, request.renews_id)
+                if supersedes is not None:
+                    crls = _revoke_superseded(session, supersedes, issuers, home=home, now=now)
+                    details["revoked_old"] = True
+                    details["crl_numbers"] = [c.number for c in crls]
+                    stage_crl_file(staged, crls, home.crl_file)
                 audit.append_record(
-                    session, now=now, action="issue", target_serial=leaf_facts.serial,
-                    target_name=request.name,
-                    details={
-                        "kind": request.kind.value, "sans": list(leaf_facts.sans),
-                        "roles": list(request.roles), "not_after": leaf_facts.not_after.isoformat(),
-                        "key_type": leaf_facts.key_type, "from_csr": request.csr is not None,
-                        "renews_id": request.renews_id,
-                    },
+                    session, now=now, action="renew" if request.renews_id else "issue",
+                    target_serial=leaf_facts.serial, target_name=request.name, details=details,
                 )
                 session.flush()
                 # Stage (write and fsync) the files while the transaction is open, so that
@@ -130,7 +146,8 @@ def issue_leaf(
             raise
         written = staged.commit()
     finally:
-        engine.dispose()
+        if own_engine:
+            engine.dispose()
 
     warnings = []
     if validity.capped_by:
@@ -145,6 +162,26 @@ def issue_leaf(
                 + ", ".join(ignored)
             )
     return IssuedLeaf(request.kind, request.name, request.owner, leaf_facts, written, warnings)
+
+
+def _serial_of(session: Session, certificate_id: int) -> str:
+    serial = session.scalar(select(Certificate.serial).where(Certificate.id == certificate_id))
+    assert serial is not None
+    return serial
+
+
+def _revoke_superseded(
+    session: Session, certificate_id: int, issuers: dict[int, profiles.Issuer], *, home: Home, now: datetime
+) -> list[PublishedCrl]:
+    old = session.get(Certificate, certificate_id)
+    assert old is not None
+    if old.revocation is not None:
+        raise Conflict(f"certificate {old.serial} was revoked meanwhile: not renewed")
+    session.add(Revocation(certificate_id=old.id, revoked_at=now, reason=RevocationReason.SUPERSEDED.value))
+    session.flush()
+    return publish_crls(
+        session, issuers, now=now, validity=home.policy().crl_validity, published_file=home.crl_file
+    )
 
 
 def _check_request(request: LeafRequest, output: OutputRequest) -> None:

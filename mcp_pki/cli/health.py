@@ -1,0 +1,89 @@
+"""``mcp-pki status`` and ``verify``."""
+
+from pathlib import Path
+
+import click
+
+from mcp_pki.cli.common import Settings, emit_json, iso, now, pass_settings, parse_duration_option
+
+
+@click.command()
+@click.option("--warn-within", metavar="DUR", default="30d", show_default=True, help="Warn about expiry within DUR.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def status(ctx: click.Context, warn_within: str, as_json: bool) -> None:
+    """Health of the CA: CA and CRL expiry, certificates expiring soon, counts.
+
+    \b
+    Exit codes, for cron jobs and monitoring checks:
+      0  ok
+      1  warning: a certificate expires within --warn-within, or a CRL has
+         less than half of its validity left
+      2  critical: a CA or CRL has expired, or a CA expires within --warn-within
+    """
+    from mcp_pki.services.authority import open_existing
+    from mcp_pki.services.health import check_health
+
+    settings = ctx.find_object(Settings)
+    assert settings is not None
+    home = settings.home()
+    engine = open_existing(home)
+    try:
+        report = check_health(engine, now=now(), warn_within=parse_duration_option(warn_within), crl_file=home.crl_file)
+    finally:
+        engine.dispose()
+    if as_json:
+        emit_json({
+            "status": report.level.name.lower(),
+            "findings": [{"level": f.level.name.lower(), "message": f.message} for f in report.findings],
+            "counts": report.counts,
+            "authorities": [
+                {"role": a.role, "subject": a.subject, "not_after": iso(a.not_after), "crl_number": a.crl_number,
+                 "crl_next_update": iso(a.crl_next_update) if a.crl_next_update else None}
+                for a in report.authorities
+            ],
+            "expiring": [c.as_json() for c in report.expiring],
+        })
+    else:
+        for a in report.authorities:
+            crl = f"CRL #{a.crl_number} until {a.crl_next_update:%Y-%m-%d %H:%M}" if a.crl_next_update else "no CRL"
+            click.echo(f"{a.role:8} {a.subject}: until {a.not_after:%Y-%m-%d}, {crl}")
+        click.echo("certificates: " + ", ".join(f"{n} {s}" for s, n in report.counts.items()))
+        for finding in report.findings:
+            click.echo(f"{finding.level.name}: {finding.message}")
+        click.echo(f"status: {report.level.name.lower()}")
+    ctx.exit(int(report.level))
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
+@pass_settings
+def verify(settings: Settings, file: str, as_json: bool) -> None:
+    """Check a certificate file against this inventory's CAs and current CRLs.
+
+    Exit 0 when a server trusting our root and loading crl.pem would accept it;
+    exit 1 with the reason (revoked, expired, unknown issuer, ...) otherwise.
+    """
+    from mcp_pki.errors import InvalidInput
+    from mcp_pki.services.authority import open_existing
+    from mcp_pki.services.verification import VerificationFailed, verify_certificate
+
+    try:
+        data = Path(file).read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {file}: {exc.strerror}") from None
+    engine = open_existing(settings.home())
+    try:
+        verdict = verify_certificate(engine, data, now=now())
+    except VerificationFailed as exc:
+        raise VerificationFailed(f"{file}: {exc}") from None
+    finally:
+        engine.dispose()
+    leaf = verdict.leaf
+    if as_json:
+        emit_json({"ok": True, "serial": leaf.serial, "subject": leaf.subject, "not_after": iso(leaf.not_after),
+                   "chain": verdict.chain, "crl_numbers": verdict.crl_numbers})
+        return
+    click.echo(f"OK: {leaf.subject} ({leaf.serial}) valid until {leaf.not_after:%Y-%m-%d %H:%M} UTC, "
+               f"not revoked; chain: {' <- '.join(verdict.chain)}")

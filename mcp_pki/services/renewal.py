@@ -1,0 +1,172 @@
+"""Renewing certificates: one by REF, or every certificate about to expire."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import Engine, exists, select
+from sqlalchemy.orm import Session, aliased
+
+from mcp_pki.errors import Conflict, InvalidInput, PassphraseError, PkiError, PolicyViolation
+from mcp_pki.pki import keys, profiles
+from mcp_pki.pki.csr import VerifiedRequest
+from mcp_pki.pki.names import SubjectAltNames
+from mcp_pki.pki.profiles import CertificateKind
+from mcp_pki.services.authority import PassphraseSource
+from mcp_pki.services.files import refuse_existing
+from mcp_pki.services.home import Home
+from mcp_pki.services.inventory import Status, resolve_ref, status_of
+from mcp_pki.services.issuance import IssuedLeaf, LeafRequest, OutputRequest, issue_leaf
+from mcp_pki.store.db import open_inventory, read_session
+from mcp_pki.store.models import Certificate, Revocation
+
+
+@dataclass(frozen=True, slots=True)
+class RenewOptions:
+    validity: timedelta | None = None  # None: as long as the certificate it renews
+    key_type: keys.KeyType | None = None  # None: the same type as the old key
+    csr: VerifiedRequest | None = None
+    revoke_old: bool = False
+    allow_expired: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    old_serial: str
+    issued: IssuedLeaf
+
+
+def renew_certificate(
+    home: Home, ref: str, options: RenewOptions, output: Callable[[str], OutputRequest], *,
+    passphrase: PassphraseSource, now: datetime,
+) -> Renewal:
+    """A new certificate with the old one's name, subject, names, roles and profile.
+
+    `output` maps the certificate's NAME to where its files go. Extensions are built afresh
+    from the profile, never copied from the old certificate.
+    """
+    engine = open_inventory(home.db_url)
+    try:
+        with read_session(engine) as session, session.begin():
+            old = resolve_ref(session, ref, now=now)
+            request = _renewal_request(old, options, now=now)
+        return _renew(home, engine, old, request, output(old.name), options, passphrase, now)
+    finally:
+        engine.dispose()
+
+
+def _renew(
+    home: Home, engine: Engine, old: Certificate, request: LeafRequest, output: OutputRequest,
+    options: RenewOptions, passphrase: PassphraseSource, now: datetime,
+) -> Renewal:
+    issued = issue_leaf(
+        home, request, output, passphrase=passphrase, now=now, engine=engine,
+        supersedes=old.id if options.revoke_old else None,
+    )
+    return Renewal(old.serial, issued)
+
+
+def _renewal_request(old: Certificate, options: RenewOptions, *, now: datetime) -> LeafRequest:
+    status = status_of(old, now)
+    if status is Status.REVOKED:
+        raise Conflict(f"certificate {old.serial} ({old.name}) is revoked: issue a new one instead")
+    if status is Status.EXPIRED and not options.allow_expired:
+        raise PolicyViolation(
+            f"certificate {old.serial} ({old.name}) expired on {old.not_after:%Y-%m-%d}: "
+            "pass --allow-expired to renew it anyway"
+        )
+    if options.key_type is not None and options.csr is not None:
+        raise InvalidInput("--key-type cannot be used with --csr: the requester chose the key")
+    return LeafRequest(
+        kind=CertificateKind(old.kind),
+        name=old.name,
+        sans=SubjectAltNames.from_labels(old.sans),
+        roles=tuple(old.roles),
+        owner=old.owner,
+        validity=options.validity or (old.not_after - old.not_before - profiles.BACKDATE),
+        key_type=options.key_type or _same_key_type(old),
+        csr=options.csr,
+        renews_id=old.id,
+    )
+
+
+def _same_key_type(old: Certificate) -> keys.KeyType:
+    try:
+        return keys.KeyType(old.key_type)
+    except ValueError:
+        raise InvalidInput(
+            f"certificate {old.serial} has a {old.key_type} key, which we do not generate: "
+            "pass --key-type or --csr"
+        ) from None
+
+
+def due_for_renewal(session: Session, *, now: datetime, within: timedelta) -> list[Certificate]:
+    """Valid certificates expiring within the window that no valid renewal replaces yet,
+    so that a daily cron job renews each certificate once."""
+    renewal = aliased(Certificate)
+    renewal_revocation = aliased(Revocation)
+    replaced = exists(
+        select(renewal.id)
+        .outerjoin(renewal_revocation, renewal_revocation.certificate_id == renewal.id)
+        .where(renewal.renews_id == Certificate.id, renewal_revocation.certificate_id.is_(None),
+               renewal.not_after > now)
+    )
+    return list(session.scalars(
+        select(Certificate)
+        .outerjoin(Certificate.revocation)
+        .where(
+            Revocation.certificate_id.is_(None),
+            Certificate.not_after > now,
+            Certificate.not_after <= now + within,
+            ~replaced,
+        )
+        .order_by(Certificate.not_after, Certificate.id)
+    ))
+
+
+@dataclass(frozen=True, slots=True)
+class BulkResult:
+    renewed: list[Renewal]
+    failed: list[tuple[str, str, str]]  # serial, name, reason
+
+
+def renew_expiring(
+    home: Home, *, within: timedelta, out_root: Path, force: bool, revoke_old: bool,
+    passphrase: PassphraseSource, now: datetime,
+    on_start: Callable[[int], None] = lambda total: None,
+    on_progress: Callable[[], None] = lambda: None,
+) -> BulkResult:
+    """Renew every certificate in the window into ``<out_root>/<name>``.
+
+    Output folders are checked before anything is signed; a certificate that fails later
+    (revoked meanwhile, say) is reported and the others go on.
+    """
+    engine = open_inventory(home.db_url)
+    try:
+        with read_session(engine) as session, session.begin():
+            due = due_for_renewal(session, now=now, within=within)
+            planned = []
+            folders: set[Path] = set()
+            for old in due:
+                folder = out_root / old.name
+                if folder in folders:  # two certificates of one name: keep both apart
+                    folder = out_root / f"{old.name}-{old.serial[:8]}"
+                folders.add(folder)
+                options = RenewOptions(revoke_old=revoke_old)
+                planned.append((old, _renewal_request(old, options, now=now), OutputRequest(folder, force=force)))
+        for _, request, output in planned:
+            refuse_existing([output.folder / n for n in ("tls.crt", "tls.key", "ca.crt")], force=force)
+        on_start(len(planned))
+        renewed, failed = [], []
+        for old, request, output in planned:
+            try:
+                renewed.append(_renew(home, engine, old, request, output, RenewOptions(revoke_old=revoke_old), passphrase, now))
+            except PassphraseError:
+                raise  # the same for every certificate: stop at once
+            except PkiError as exc:
+                failed.append((old.serial, old.name, str(exc)))
+            on_progress()
+    finally:
+        engine.dispose()
+    return BulkResult(renewed, failed)
