@@ -3,14 +3,17 @@
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from sqlalchemy import select, update
+from sqlalchemy import Row, select, update
 from sqlalchemy.orm import Session
 
 from mcp_pki.errors import InvalidInput
-from mcp_pki.pki.crl import RevocationReason, RevokedEntry, authority_key_id, build_crl, crl_number, load_crls
+from mcp_pki.pki.crl import (
+    RevocationReason, RevokedEntry, authority_key_id, build_crl, crl_number, encode_entry, load_crls,
+    pem_encode,
+)
 from mcp_pki.pki.profiles import Issuer
 from mcp_pki.services.files import StagedFiles
 from mcp_pki.store.models import Authority, Certificate, CrlPublication, Revocation
@@ -39,25 +42,32 @@ def publish_crls(
     if validity <= timedelta(0):
         raise InvalidInput("the CRL validity must be greater than zero")
     file_numbers = _published_numbers(published_file)
-    published = []
-    # Newest CA first: the issuing CA's CRL, then the root's, as crl.pem lists them.
-    for authority in session.scalars(select(Authority).order_by(Authority.id.desc())):
-        issuer = issuers[authority.id]
-        previous = session.execute(
+    authorities = list(session.scalars(select(Authority).order_by(Authority.id.desc())))
+    previous = {
+        authority.id: session.execute(
             select(CrlPublication.number, CrlPublication.this_update)
             .where(CrlPublication.authority_id == authority.id)
             .order_by(CrlPublication.number.desc())
             .limit(1)
         ).first()
+        for authority in authorities
+    }
+    revoked = _revoked_by_issuer(session, previous)
+    published = []
+    # Newest CA first: the issuing CA's CRL, then the root's, as crl.pem lists them.
+    for authority in authorities:
+        issuer, last = issuers[authority.id], previous[authority.id]
         key_id = issuer.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
-        number = max(previous.number if previous else 0, file_numbers.get(key_id, 0)) + 1
-        entries = _entries(session, authority.id, previous.this_update if previous else None)
-        crl = build_crl(issuer=issuer, number=number, this_update=now, next_update=now + validity, entries=entries)
+        number = max(last.number if last else 0, file_numbers.get(key_id, 0)) + 1
+        entries = revoked.get(authority.id, [])
+        der = build_crl(issuer=issuer, number=number, this_update=now, next_update=now + validity, entries=entries)
         # Only the newest CRL's text is kept; older rows keep number and times as history.
         session.execute(
-            update(CrlPublication).where(CrlPublication.authority_id == authority.id).values(crl_pem="")
+            update(CrlPublication)
+            .where(CrlPublication.authority_id == authority.id, CrlPublication.crl_pem != "")
+            .values(crl_pem="")
         )
-        pem = crl.public_bytes(serialization.Encoding.PEM)
+        pem = pem_encode(der)
         session.add(CrlPublication(
             authority_id=authority.id, number=number, this_update=now, next_update=now + validity,
             crl_pem=pem.decode("ascii"),
@@ -65,29 +75,47 @@ def publish_crls(
         published.append(PublishedCrl(
             role=authority.role, subject=authority.subject, number=number, this_update=now,
             next_update=now + validity, entries=len(entries), pem=pem,
-            der=crl.public_bytes(serialization.Encoding.DER),
+            der=der,
         ))
     return published
 
 
-def _entries(session: Session, authority_id: int, previous_update: datetime | None) -> list[RevokedEntry]:
-    """Revoked certificates of one CA. An entry stays until one CRL has been published after
-    the certificate expired (RFC 5280 3.3): the previous CRL, if it came after expiry."""
-    query = (
-        select(Certificate.serial, Revocation.revoked_at, Revocation.reason, Revocation.invalidity_date)
-        .join(Revocation, Revocation.certificate_id == Certificate.id)
-        .where(Certificate.issuer_id == authority_id)
-        .order_by(Revocation.revoked_at, Certificate.id)
-    )
-    if previous_update is not None:
-        query = query.where(Certificate.not_after >= previous_update)
-    return [
-        RevokedEntry(
-            serial=int(serial, 16), revoked_at=revoked_at,
-            reason=RevocationReason(reason) if reason else None, invalidity_date=invalidity_date,
+def _revoked_by_issuer(session: Session, previous: dict[int, Row[Any] | None]) -> dict[int, list[bytes]]:
+    """Encoded CRL entries by issuing CA, read in one pass over the revocations.
+
+    An entry stays until one CRL has been published after the certificate expired (RFC 5280
+    3.3): it is dropped once the previous CRL of its CA came after its expiry. Every CA
+    publishes at once, so one cutoff normally serves all; only the columns needed are read,
+    on the Core connection, since per-row ORM work would dominate at 100,000 entries.
+    """
+    groups: dict[datetime | None, set[int]] = {}
+    for authority_id, row in previous.items():
+        groups.setdefault(row.this_update if row else None, set()).add(authority_id)
+    by_issuer: dict[int, list[bytes]] = {}
+    for cutoff, authority_ids in groups.items():
+        query = (
+            select(Certificate.issuer_id, Revocation.crl_entry)
+            .select_from(Revocation)
+            .join(Certificate, Revocation.certificate_id == Certificate.id)
+            .order_by(Revocation.certificate_id)
         )
-        for serial, revoked_at, reason, invalidity_date in session.execute(query)
-    ]
+        if cutoff is not None:
+            query = query.where(Certificate.not_after >= cutoff)
+        for issuer_id, entry in session.connection().execute(query).all():
+            if issuer_id in authority_ids:
+                by_issuer.setdefault(issuer_id, []).append(entry)
+    return by_issuer
+
+
+def new_revocation(
+    certificate: Certificate, *, reason: RevocationReason | None, invalidity_date: datetime | None, now: datetime
+) -> Revocation:
+    """The revocation row of `certificate`, with its CRL entry encoded once for all CRLs."""
+    entry = RevokedEntry(int(certificate.serial, 16), now, reason, invalidity_date)
+    return Revocation(
+        certificate_id=certificate.id, revoked_at=now, reason=reason.value if reason else None,
+        invalidity_date=invalidity_date, crl_entry=encode_entry(entry),
+    )
 
 
 def _published_numbers(path: Path) -> dict[bytes, int]:

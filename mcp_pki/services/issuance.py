@@ -19,11 +19,11 @@ from mcp_pki.pki.names import SubjectAltNames, check_permitted_dns
 from mcp_pki.pki.profiles import CertificateKind
 from mcp_pki.services import audit
 from mcp_pki.services.authority import PassphraseSource, signing_chain, unlock, unlock_all
-from mcp_pki.services.crls import PublishedCrl, publish_crls, stage_crl_file
+from mcp_pki.services.crls import PublishedCrl, new_revocation, publish_crls, stage_crl_file
 from mcp_pki.services.files import PRIVATE, StagedFiles, refuse_existing
 from mcp_pki.services.home import Home
 from mcp_pki.store.db import open_inventory, read_session, write_session
-from mcp_pki.store.models import Certificate, Revocation
+from mcp_pki.store.models import Certificate
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +177,7 @@ def _revoke_superseded(
     assert old is not None
     if old.revocation is not None:
         raise Conflict(f"certificate {old.serial} was revoked meanwhile: not renewed")
-    session.add(Revocation(certificate_id=old.id, revoked_at=now, reason=RevocationReason.SUPERSEDED.value))
+    session.add(new_revocation(old, reason=RevocationReason.SUPERSEDED, invalidity_date=None, now=now))
     session.flush()
     return publish_crls(
         session, issuers, now=now, validity=home.policy().crl_validity, published_file=home.crl_file

@@ -13,7 +13,7 @@ from mcp_pki.pki.crl import RevocationReason
 from mcp_pki.pki.profiles import Issuer
 from mcp_pki.services import audit
 from mcp_pki.services.authority import PassphraseSource, unlock_all
-from mcp_pki.services.crls import PublishedCrl, crl_bundle, publish_crls, stage_crl_file
+from mcp_pki.services.crls import PublishedCrl, crl_bundle, new_revocation, publish_crls, stage_crl_file
 from mcp_pki.services.files import StagedFiles
 from mcp_pki.services.home import Home
 from mcp_pki.services.inventory import resolve_ref
@@ -176,10 +176,7 @@ def _revoke(
     session: Session, certificate: Certificate, reason: RevocationReason | None,
     invalidity_date: datetime | None, now: datetime,
 ) -> RevokedCertificate:
-    session.add(Revocation(
-        certificate_id=certificate.id, revoked_at=now,
-        reason=reason.value if reason else None, invalidity_date=invalidity_date,
-    ))
+    session.add(new_revocation(certificate, reason=reason, invalidity_date=invalidity_date, now=now))
     return RevokedCertificate(certificate.serial, certificate.name, certificate.kind, now, reason)
 
 

@@ -90,6 +90,7 @@ def upgrade() -> None:
     sa.Column('revoked_at', sa.DateTime(), nullable=False),
     sa.Column('reason', sa.String(length=32), nullable=True),
     sa.Column('invalidity_date', sa.DateTime(), nullable=True),
+    sa.Column('crl_entry', sa.LargeBinary(), nullable=False),
     sa.ForeignKeyConstraint(['certificate_id'], ['certificates.id'], name=op.f('fk_revocations_certificate_id_certificates')),
     sa.PrimaryKeyConstraint('certificate_id', name=op.f('pk_revocations'))
     )
