@@ -2,7 +2,7 @@
 
 import click
 
-from mcp_pki.cli.common import Settings, emit_json, iso, pass_settings, parse_duration_option, now
+from mcp_pki.cli.common import Settings, emit_json, iso, now, parse_duration_option, pass_settings
 
 
 @click.group(invoke_without_command=True)

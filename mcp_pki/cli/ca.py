@@ -37,7 +37,8 @@ def init_ca(
     from mcp_pki.durations import parse_duration
     from mcp_pki.errors import InvalidInput
     from mcp_pki.pki.keys import parse_key_type
-    from mcp_pki.services.authority import CaRequest, init_ca as create, normalise_permitted_dns
+    from mcp_pki.services.authority import CaRequest, normalise_permitted_dns
+    from mcp_pki.services.authority import init_ca as create
 
     common_name = name.strip()
     if not common_name or len(common_name) > 50 or not common_name.isprintable():

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from mcp_pki.cli.common import Settings, emit_json, iso, now, pass_settings, parse_duration_option
+from mcp_pki.cli.common import Settings, emit_json, iso, now, parse_duration_option, pass_settings
 
 
 @click.command()

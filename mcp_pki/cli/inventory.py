@@ -6,7 +6,14 @@ from pathlib import Path
 import click
 
 from mcp_pki.cli.common import (
-    P12_PASSPHRASE_ENV, Settings, emit_json, iso, now, pass_settings, parse_duration_option, read_secret,
+    P12_PASSPHRASE_ENV,
+    Settings,
+    emit_json,
+    iso,
+    now,
+    parse_duration_option,
+    pass_settings,
+    read_secret,
 )
 
 
@@ -148,4 +155,4 @@ def export(
     click.echo(f"wrote {out_file}", err=True)
 
 
-__all__ = ["list_command", "show", "export", "iso"]
+__all__ = ["export", "iso", "list_command", "show"]

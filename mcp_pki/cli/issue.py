@@ -7,7 +7,16 @@ from typing import Any
 import click
 
 from mcp_pki.cli.ca import KEY_TYPES
-from mcp_pki.cli.common import P12_PASSPHRASE_ENV, Settings, emit_json, iso, now, pass_settings, read_secret, warn
+from mcp_pki.cli.common import (
+    P12_PASSPHRASE_ENV,
+    Settings,
+    emit_json,
+    iso,
+    now,
+    pass_settings,
+    read_secret,
+    warn,
+)
 
 
 @click.group()

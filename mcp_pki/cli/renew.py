@@ -7,7 +7,15 @@ from typing import Any
 import click
 
 from mcp_pki.cli.ca import KEY_TYPES
-from mcp_pki.cli.common import Settings, emit_json, iso, now, pass_settings, parse_duration_option, warn
+from mcp_pki.cli.common import (
+    Settings,
+    emit_json,
+    iso,
+    now,
+    parse_duration_option,
+    pass_settings,
+    warn,
+)
 
 
 @click.command()

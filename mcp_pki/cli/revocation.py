@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from mcp_pki.cli.common import Settings, emit_json, iso, now, pass_settings, parse_duration_option
+from mcp_pki.cli.common import Settings, emit_json, iso, now, parse_duration_option, pass_settings
 
 if TYPE_CHECKING:
     from mcp_pki.services.revocation import RevocationResult

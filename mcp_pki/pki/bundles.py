@@ -6,7 +6,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import PrivateFormat, pkcs12
 
 from mcp_pki.errors import InvalidInput
-from mcp_pki.pki.keys import CertificateIssuerPrivateKeyTypes
+from mcp_pki.pki.keys import SigningKey
 
 # OpenSSL 3's own default iteration count for PKCS#12 key derivation.
 _KDF_ROUNDS = 200_000
@@ -15,7 +15,7 @@ _KDF_ROUNDS = 200_000
 def pkcs12_bytes(
     *,
     name: str,
-    key: CertificateIssuerPrivateKeyTypes,
+    key: SigningKey,
     certificate: x509.Certificate,
     ca_certificates: list[x509.Certificate],
     passphrase: bytes,

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtensionOID
 
 from mcp_pki.errors import InvalidInput
-from mcp_pki.pki.keys import CertificateIssuerPrivateKeyTypes, signature_hash_for
+from mcp_pki.pki.keys import SigningKey, signature_hash_for
 from mcp_pki.pki.profiles import Issuer
 
 
@@ -92,7 +92,7 @@ def build_crl(
     return _der(0x30, tbs + outer[1] + _der(0x03, b"\x00" + _sign(issuer.key, tbs)))
 
 
-def _sign(key: CertificateIssuerPrivateKeyTypes, data: bytes) -> bytes:
+def _sign(key: SigningKey, data: bytes) -> bytes:
     digest = signature_hash_for(key)
     if isinstance(key, ec.EllipticCurvePrivateKey):
         assert digest is not None
@@ -100,7 +100,7 @@ def _sign(key: CertificateIssuerPrivateKeyTypes, data: bytes) -> bytes:
     if isinstance(key, rsa.RSAPrivateKey):
         assert digest is not None
         return key.sign(data, padding.PKCS1v15(), digest)
-    return key.sign(data)  # type: ignore[call-arg]
+    return key.sign(data)
 
 
 def _der(tag: int, content: bytes) -> bytes:

@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from mcp_pki.errors import InvalidInput
@@ -34,7 +35,7 @@ def load_csr(data: bytes) -> VerifiedRequest:
         raise InvalidInput("CSR uses an unsupported name type") from None
     try:
         signature_ok = csr.is_signature_valid
-    except Exception:  # cryptography raises several types for unsupported algorithms
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         signature_ok = False
     if not signature_ok:
         raise InvalidInput("CSR signature does not verify: the request was altered or is not self-signed")

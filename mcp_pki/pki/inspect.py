@@ -76,7 +76,7 @@ def _san_labels(certificate: x509.Certificate) -> tuple[str, ...]:
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return ()
-    labels = {
+    labels: dict[type, str] = {
         x509.DNSName: "DNS", x509.IPAddress: "IP",
         x509.UniformResourceIdentifier: "URI", x509.RFC822Name: "email",
     }

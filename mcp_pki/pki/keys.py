@@ -4,16 +4,17 @@ from enum import Enum
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.hazmat.primitives.asymmetric.types import (
-    CertificateIssuerPrivateKeyTypes,
-    CertificatePublicKeyTypes,
-)
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from mcp_pki.errors import InvalidInput, PassphraseError
 
 # RSA below 2048 bits and curves below P-256 are refused everywhere, including in CSRs.
 _MIN_RSA_BITS = 2048
 _ACCEPTED_CURVES = {"secp256r1", "secp384r1", "secp521r1"}
+
+
+# The private keys we create and sign with.
+SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
 
 class KeyType(Enum):
@@ -41,7 +42,7 @@ def parse_key_type(text: str) -> KeyType:
         ) from None
 
 
-def generate_private_key(key_type: KeyType) -> CertificateIssuerPrivateKeyTypes:
+def generate_private_key(key_type: KeyType) -> SigningKey:
     if key_type is KeyType.P256:
         return ec.generate_private_key(ec.SECP256R1())
     if key_type is KeyType.P384:
@@ -81,7 +82,7 @@ def check_public_key_strength(key: CertificatePublicKeyTypes) -> None:
     raise InvalidInput(f"key type {type(key).__name__} refused: use ECDSA, Ed25519 or RSA")
 
 
-def signature_hash_for(key: CertificateIssuerPrivateKeyTypes) -> hashes.SHA256 | hashes.SHA384 | hashes.SHA512 | None:
+def signature_hash_for(key: SigningKey) -> hashes.SHA256 | hashes.SHA384 | hashes.SHA512 | None:
     """The digest a CA key signs with: matched to the curve, none for Ed25519."""
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return None
@@ -93,7 +94,7 @@ def signature_hash_for(key: CertificateIssuerPrivateKeyTypes) -> hashes.SHA256 |
     return hashes.SHA256()
 
 
-def encrypt_private_key(key: CertificateIssuerPrivateKeyTypes, passphrase: bytes | None) -> str:
+def encrypt_private_key(key: SigningKey, passphrase: bytes | None) -> str:
     """PKCS#8 PEM, encrypted with the best scheme `cryptography` offers (PBES2, AES-256)."""
     encryption: serialization.KeySerializationEncryption = (
         serialization.BestAvailableEncryption(passphrase)
@@ -105,14 +106,14 @@ def encrypt_private_key(key: CertificateIssuerPrivateKeyTypes, passphrase: bytes
     ).decode("ascii")
 
 
-def private_key_pem(key: CertificateIssuerPrivateKeyTypes) -> bytes:
+def private_key_pem(key: SigningKey) -> bytes:
     """Unencrypted PKCS#8 PEM, for the ``tls.key`` file that servers and clients load."""
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
 
 
-def decrypt_private_key(pem: str, passphrase: bytes | None) -> CertificateIssuerPrivateKeyTypes:
+def decrypt_private_key(pem: str, passphrase: bytes | None) -> SigningKey:
     encrypted = "ENCRYPTED PRIVATE KEY" in pem
     if encrypted and not passphrase:
         raise PassphraseError(

@@ -10,13 +10,10 @@ from enum import Enum
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.asymmetric.types import (
-    CertificateIssuerPrivateKeyTypes,
-    CertificatePublicKeyTypes,
-)
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from mcp_pki.pki.keys import signature_hash_for
+from mcp_pki.pki.keys import SigningKey, signature_hash_for
 from mcp_pki.pki.names import SubjectAltNames
 
 # Issued certificates start a little in the past so that a relying party whose clock is
@@ -40,7 +37,7 @@ class Issuer:
     """A CA that can sign: its certificate and its decrypted key."""
 
     certificate: x509.Certificate
-    key: CertificateIssuerPrivateKeyTypes
+    key: SigningKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +90,7 @@ def _name_constraints(permitted_dns: tuple[str, ...]) -> x509.NameConstraints:
 
 def build_root_ca(
     *,
-    key: CertificateIssuerPrivateKeyTypes,
+    key: SigningKey,
     subject: x509.Name,
     serial: int,
     not_before: datetime,

@@ -136,7 +136,7 @@ def _create_authorities(
 def _authority_row(
     role: str,
     certificate: x509.Certificate,
-    key: keys.CertificateIssuerPrivateKeyTypes,
+    key: keys.SigningKey,
     request: CaRequest,
     *,
     signs_leaves: bool,

@@ -6,12 +6,18 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from sqlalchemy import Row, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from mcp_pki.errors import InvalidInput
 from mcp_pki.pki.crl import (
-    RevocationReason, RevokedEntry, authority_key_id, build_crl, crl_number, encode_entry, load_crls,
+    RevocationReason,
+    RevokedEntry,
+    authority_key_id,
+    build_crl,
+    crl_number,
+    encode_entry,
+    load_crls,
     pem_encode,
 )
 from mcp_pki.pki.profiles import Issuer
@@ -80,7 +86,7 @@ def publish_crls(
     return published
 
 
-def _revoked_by_issuer(session: Session, previous: dict[int, Row[Any] | None]) -> dict[int, list[bytes]]:
+def _revoked_by_issuer(session: Session, previous: dict[int, Any]) -> dict[int, list[bytes]]:
     """Encoded CRL entries by issuing CA, read in one pass over the revocations.
 
     An entry stays until one CRL has been published after the certificate expired (RFC 5280
@@ -124,7 +130,7 @@ def _published_numbers(path: Path) -> dict[bytes, int]:
         crls = load_crls(path.read_bytes())
     except (OSError, InvalidInput):
         return {}
-    numbers = {}
+    numbers: dict[bytes, int] = {}
     for crl in crls:
         key_id, number = authority_key_id(crl), crl_number(crl)
         if key_id is not None and number is not None:

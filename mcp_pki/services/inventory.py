@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session, contains_eager
 
 from mcp_pki.errors import Ambiguous, InvalidInput, NotFound
 from mcp_pki.pki.bundles import load_private_key, pkcs12_bytes
-from mcp_pki.pki.keys import CertificateIssuerPrivateKeyTypes
 from mcp_pki.pki.inspect import facts
+from mcp_pki.pki.keys import SigningKey
 from mcp_pki.store.db import read_session
 from mcp_pki.store.models import Authority, Certificate, Revocation
 
@@ -35,7 +35,7 @@ def status_of(certificate: Certificate, now: datetime) -> Status:
     return Status.VALID
 
 
-def _with_revocation() -> Select[tuple[Certificate]]:
+def _with_revocation() -> Select[Certificate]:
     return select(Certificate).outerjoin(Certificate.revocation).options(contains_eager(Certificate.revocation))
 
 
@@ -264,7 +264,7 @@ def export_certificate(
     )
 
 
-def _issuer_key_type(key: object) -> CertificateIssuerPrivateKeyTypes:
+def _issuer_key_type(key: object) -> SigningKey:
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
     if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)):

@@ -5,7 +5,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 

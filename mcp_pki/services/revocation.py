@@ -13,7 +13,13 @@ from mcp_pki.pki.crl import RevocationReason
 from mcp_pki.pki.profiles import Issuer
 from mcp_pki.services import audit
 from mcp_pki.services.authority import PassphraseSource, unlock_all
-from mcp_pki.services.crls import PublishedCrl, crl_bundle, new_revocation, publish_crls, stage_crl_file
+from mcp_pki.services.crls import (
+    PublishedCrl,
+    crl_bundle,
+    new_revocation,
+    publish_crls,
+    stage_crl_file,
+)
 from mcp_pki.services.files import StagedFiles
 from mcp_pki.services.home import Home
 from mcp_pki.services.inventory import resolve_ref
@@ -129,7 +135,7 @@ def offboard(
         if not holdings:
             raise NotFound(f"{owner!r} holds no valid certificate: nothing to revoke")
         revoked = [_revoke(session, c, reason, None, now) for c in holdings]
-        details = {"reason": _reason_name(reason), "revoked_serials": [r.serial for r in revoked]}
+        details: dict[str, object] = {"reason": _reason_name(reason), "revoked_serials": [r.serial for r in revoked]}
         return _Change(revoked, "offboard", details, target_name=owner)
 
     return _change_and_publish(home, passphrase=passphrase, now=now, change=change, prepare=prepare)

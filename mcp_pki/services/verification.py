@@ -43,7 +43,9 @@ def verify_certificate(engine: Engine, data: bytes, *, now: datetime) -> Verdict
     if issuer is None:
         raise VerificationFailed("unknown issuer: not signed by a CA of this inventory")
     _check_period(leaf, "certificate", now)
-    chain, crl_numbers, subject, current = [], [], leaf, issuer
+    chain: list[str] = []
+    crl_numbers: list[int] = []
+    subject, current = leaf, issuer
     while True:
         _check_revocation(subject, current, now, crl_numbers)
         chain.append(current.certificate.subject.rfc4514_string())
