@@ -29,7 +29,7 @@ def open_inventory(url: str, *, create: bool = False) -> Engine:
     except ArgumentError:
         raise InventoryError(f"invalid database URL {url!r}") from None
     is_sqlite = parsed.get_backend_name() == "sqlite"
-    if is_sqlite and parsed.database not in (None, "", ":memory:"):
+    if is_sqlite and parsed.database and parsed.database != ":memory:":
         path = Path(parsed.database)
         if not path.exists() and not create:
             raise InventoryError(f"no inventory at {path}: run 'mcp-pki init-ca' first")
