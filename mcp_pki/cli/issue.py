@@ -111,6 +111,8 @@ def _issue(
             raise InvalidInput(f"cannot read CSR {csr_file}: {exc.strerror}") from None
     if p12_legacy and not p12:
         raise InvalidInput("--p12-legacy needs --p12")
+    if p12 and csr_file:
+        raise InvalidInput("--p12 needs the private key, which stays with the requester when --csr is used")
     request = LeafRequest(
         kind=CertificateKind(kind), name=name, sans=sans, roles=roles, owner=owner,
         validity=parse_duration(validity),

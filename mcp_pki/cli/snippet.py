@@ -51,7 +51,7 @@ def snippet(
             raise InvalidInput(f"invalid --var {item!r}: write KEY=VALUE")
         parsed[key] = value
 
-    from mcp_pki.services.files import StagedFiles, refuse_existing
+    from mcp_pki.services.files import OutputFiles, refuse_existing
     from mcp_pki.services.snippets import render_snippets, snippet_file_name
 
     snippets = render_snippets(
@@ -63,13 +63,9 @@ def snippet(
         return
     paths = [Path(out) / snippet_file_name(s.target) for s in snippets] if all_ref else [Path(out)]
     refuse_existing(paths, force=force)
-    staged = StagedFiles()
-    try:
-        for path, s in zip(paths, snippets, strict=True):
-            staged.ensure_folder(path.parent)
-            staged.stage(path, s.text.encode("utf-8"))
-        for path in staged.commit():
-            click.echo(f"wrote {path}", err=True)
-    except BaseException:
-        staged.discard()
-        raise
+    files = OutputFiles()
+    for path, s in zip(paths, snippets, strict=True):
+        files.prepare(path.parent)
+        files.add(path, s.text.encode("utf-8"))
+    for path in files.write():
+        click.echo(f"wrote {path}", err=True)

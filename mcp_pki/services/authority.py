@@ -14,8 +14,8 @@ from mcp_pki.pki import keys, profiles
 from mcp_pki.pki.inspect import pem
 from mcp_pki.pki.names import validate_dns_name
 from mcp_pki.services import audit
-from mcp_pki.services.crls import publish_crls, stage_crl_file
-from mcp_pki.services.files import StagedFiles, refuse_existing
+from mcp_pki.services.crls import add_crl_file, publish_crls
+from mcp_pki.services.files import OutputFiles, refuse_existing
 from mcp_pki.services.home import Home
 from mcp_pki.store.db import open_inventory, write_session
 from mcp_pki.store.models import Authority
@@ -50,12 +50,17 @@ def init_ca(home: Home, request: CaRequest, *, now: datetime) -> CreatedCa:
     """Create the root (and the issuing CA it signs), store both encrypted, write ca.crt."""
     if request.passphrase is not None and len(request.passphrase) < MIN_PASSPHRASE_LENGTH:
         raise PassphraseError(f"the CA passphrase must have at least {MIN_PASSPHRASE_LENGTH} characters")
-    refuse_existing([home.root_certificate_file, home.crl_file], force=False)
+    refuse_existing(
+        [home.root_certificate_file, home.crl_file], force=False,
+        hint="this home already has a CA (a CA is never replaced; use another --home)",
+    )
     engine = open_inventory(home.db_url, create=True)
+    output = OutputFiles()
     try:
+        output.prepare(home.path)
         with write_session(engine) as session, session.begin():
             if session.scalar(select(Authority.id).limit(1)) is not None:
-                raise Conflict(f"this inventory already has a CA ({home.db_url}): refusing to replace it")
+                raise Conflict(f"this inventory already has a CA ({home.db_url}): a CA is never replaced")
             root, issuing, signers = _create_authorities(session, request, now=now)
             session.flush()
             # Publish empty CRLs at once: servers configured with ssl_crl need a CRL from
@@ -64,17 +69,14 @@ def init_ca(home: Home, request: CaRequest, *, now: datetime) -> CreatedCa:
                 session, {row.id: issuer for row, issuer in signers}, now=now,
                 validity=home.policy().crl_validity, published_file=home.crl_file,
             )
-            staged = StagedFiles()
-            try:
-                staged.ensure_folder(home.path)
-                staged.stage(home.root_certificate_file, pem(root).encode("ascii"))
-                stage_crl_file(staged, crls, home.crl_file)
-            except BaseException:
-                staged.discard()
-                raise
-        staged.commit()
+            output.add(home.root_certificate_file, pem(root).encode("ascii"))
+            add_crl_file(output, crls, home.crl_file)
+    except BaseException:
+        output.abandon()
+        raise
     finally:
         engine.dispose()
+    output.write()
     return CreatedCa(root=root, issuing=issuing, root_file=home.root_certificate_file)
 
 

@@ -21,7 +21,7 @@ from mcp_pki.pki.crl import (
     pem_encode,
 )
 from mcp_pki.pki.profiles import Issuer
-from mcp_pki.services.files import StagedFiles
+from mcp_pki.services.files import OutputFiles
 from mcp_pki.store.models import Authority, Certificate, CrlPublication, Revocation
 
 
@@ -142,8 +142,7 @@ def crl_bundle(crls: list[PublishedCrl]) -> bytes:
     return b"".join(c.pem for c in crls)
 
 
-def stage_crl_file(staged: StagedFiles, crls: list[PublishedCrl], path: Path) -> None:
+def add_crl_file(output: OutputFiles, crls: list[PublishedCrl], path: Path) -> None:
     """``crl.pem``: every CA's CRL, concatenated, as nginx's ssl_crl and OpenSSL's
     -crl_check_all need (an expired or missing CRL for any CA in the chain rejects all)."""
-    staged.ensure_folder(path.parent)
-    staged.stage(path, crl_bundle(crls))
+    output.add(path, crl_bundle(crls))

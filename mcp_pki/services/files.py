@@ -1,30 +1,37 @@
-"""Atomic, private file output.
+"""Atomic, private file output, written only after the inventory has committed.
 
-Files are staged as hidden temporary files in their destination folder (created 0600 when
-they hold a key, never chmod-ed afterwards), fsync-ed, and only renamed into place after the
-inventory has committed the certificate they contain. A crash therefore leaves either no
-file or a complete one, and never a certificate on disk that the inventory lacks.
+A command collects the files it will write while its transaction runs, and writes them
+once the transaction has committed: a certificate is always in the inventory before any
+file holds it, and a crash leaves at most a recorded certificate without its files, never
+the reverse. Each file is written as a hidden temporary file in its destination folder
+(created 0600 when it holds a key, never chmod-ed afterwards), fsync-ed, then renamed.
 """
 
 import os
 import secrets
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from mcp_pki.errors import Conflict, InvalidInput
+from mcp_pki.errors import Conflict, InvalidInput, PkiError
 
 PRIVATE = 0o600
 PUBLIC = 0o644
 
 
-class StagedFiles:
-    """A set of files written together: `stage` each, then `commit` or `discard`."""
+class FilesNotWritten(PkiError):
+    """Writing failed after the inventory committed (disk full, permissions)."""
 
-    def __init__(self) -> None:
-        self._staged: list[tuple[Path, Path]] = []
-        self._created_dirs: list[Path] = []
 
-    def ensure_folder(self, folder: Path) -> None:
-        """Create `folder` (0700: it may hold keys); removed again by `discard`."""
+@dataclass
+class OutputFiles:
+    """The files one command writes: `prepare` folders first, `add` files, then `write`."""
+
+    _files: list[tuple[Path, bytes, int]] = field(default_factory=list)
+    _created_dirs: list[Path] = field(default_factory=list)
+
+    def prepare(self, folder: Path) -> None:
+        """Create `folder` (0700: it may hold keys) before anything is recorded, so that a
+        folder we cannot create fails the command while it can still change nothing."""
         missing = []
         current = folder.absolute()
         while not current.exists():
@@ -36,65 +43,77 @@ class StagedFiles:
             try:
                 path.mkdir(mode=0o700)
             except OSError as exc:
+                self.abandon()
                 raise InvalidInput(f"cannot create {path}: {exc.strerror}") from None
             self._created_dirs.append(path)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            self.abandon()
+            raise InvalidInput(f"cannot write into {folder}: permission denied")
 
-    def stage(self, destination: Path, data: bytes, *, mode: int = PUBLIC) -> None:
-        temporary = destination.with_name(f".{destination.name}.{secrets.token_hex(6)}.tmp")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-        try:
-            descriptor = os.open(temporary, flags, mode)
-        except OSError as exc:
-            raise InvalidInput(f"cannot write {destination}: {exc.strerror}") from None
-        self._staged.append((temporary, destination))
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+    def add(self, path: Path, data: bytes, *, mode: int = PUBLIC) -> None:
+        self._files.append((path, data, mode))
 
-    def commit(self) -> list[Path]:
-        folders = set()
-        for temporary, destination in self._staged:
-            os.replace(temporary, destination)
-            folders.add(destination.parent)
-        for folder in folders:
-            _fsync_folder(folder)
-        written = [destination for _, destination in self._staged]
-        self._staged.clear()
-        self._created_dirs.clear()
-        return written
-
-    def discard(self) -> None:
-        for temporary, _ in self._staged:
-            temporary.unlink(missing_ok=True)
-        self._staged.clear()
+    def abandon(self) -> None:
+        """The command failed before committing: remove the folders `prepare` created."""
         for folder in reversed(self._created_dirs):
             try:
                 folder.rmdir()
             except OSError:
                 pass
         self._created_dirs.clear()
+        self._files.clear()
+
+    def write(self) -> list[Path]:
+        """Write every file: all temporaries first, then the renames, then the folders' fsync."""
+        staged: list[tuple[Path, Path]] = []
+        try:
+            for path, data, mode in self._files:
+                staged.append((_write_temporary(path, data, mode), path))
+            for temporary, path in staged:
+                os.replace(temporary, path)
+        except OSError as exc:
+            for temporary, _ in staged:
+                temporary.unlink(missing_ok=True)
+            raise FilesNotWritten(f"cannot write {exc.filename or 'output'}: {exc.strerror}") from None
+        for folder in {path.parent for _, path in staged}:
+            _fsync_folder(folder)
+        return [path for _, path in staged]
 
 
-def refuse_existing(paths: list[Path], *, force: bool) -> None:
+def _write_temporary(destination: Path, data: bytes, mode: int) -> Path:
+    temporary = destination.with_name(f".{destination.name}.{secrets.token_hex(6)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    descriptor = os.open(temporary, flags, mode)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return temporary
+
+
+def refuse_existing(paths: list[Path], *, force: bool, hint: str = "use --force to replace it") -> None:
     """Existing outputs (symlinks included) are only replaced with ``--force``."""
     for path in paths:
         if path.is_dir() and not path.is_symlink():
             raise Conflict(f"{path} is a folder")
         if not force and (path.exists() or path.is_symlink()):
-            raise Conflict(f"{path} already exists: use --force to replace it")
+            raise Conflict(f"{path} already exists: {hint}")
 
 
 def write_atomically(destination: Path, data: bytes, *, mode: int = PUBLIC, force: bool = False) -> None:
     """One file, atomically, refusing to replace an existing one without `force`."""
     refuse_existing([destination], force=force)
-    staged = StagedFiles()
+    output = OutputFiles()
+    output.prepare(destination.parent)
+    output.add(destination, data, mode=mode)
     try:
-        staged.ensure_folder(destination.parent)
-        staged.stage(destination, data, mode=mode)
-        staged.commit()
+        output.write()
     except BaseException:
-        staged.discard()
+        output.abandon()
         raise
 
 

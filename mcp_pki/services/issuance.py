@@ -18,8 +18,8 @@ from mcp_pki.pki.names import SubjectAltNames, check_permitted_dns
 from mcp_pki.pki.profiles import CertificateKind
 from mcp_pki.services import audit
 from mcp_pki.services.authority import PassphraseSource, signing_chain, unlock, unlock_all
-from mcp_pki.services.crls import PublishedCrl, new_revocation, publish_crls, stage_crl_file
-from mcp_pki.services.files import PRIVATE, StagedFiles, refuse_existing
+from mcp_pki.services.crls import PublishedCrl, add_crl_file, new_revocation, publish_crls
+from mcp_pki.services.files import PRIVATE, FilesNotWritten, OutputFiles, refuse_existing
 from mcp_pki.services.home import Home
 from mcp_pki.store.db import open_inventory, read_session, write_session
 from mcp_pki.store.models import Certificate
@@ -104,8 +104,23 @@ def issue_leaf(
         intermediates = [_load(a.certificate_pem) for a in chain.intermediates()]
         root_pem = chain.root.certificate_pem
 
-        staged = StagedFiles()
+        # Everything the files hold is computed before the transaction, so that nothing but
+        # disk IO remains once the certificate is recorded.
+        chain_pem = pem(certificate) + "".join(pem(c) for c in intermediates)
+        files = OutputFiles()
+        files.add(paths["tls.crt"], chain_pem.encode("ascii"))
+        files.add(paths["ca.crt"], root_pem.encode("ascii"))
+        if private_key is not None:
+            files.add(paths["tls.key"], keys.private_key_pem(private_key), mode=PRIVATE)
+            if output.p12_passphrase is not None:
+                bundle = pkcs12_bytes(
+                    name=request.name, key=private_key, certificate=certificate,
+                    ca_certificates=[*intermediates, _load(root_pem)],
+                    passphrase=output.p12_passphrase, legacy=output.p12_legacy,
+                )
+                files.add(paths["tls.p12"], bundle, mode=PRIVATE)
         try:
+            files.prepare(output.folder)
             with write_session(engine) as session, session.begin():
                 session.add(_certificate_row(request, certificate, leaf_facts, chain.signer.id, now))
                 details: dict[str, object] = {
@@ -119,31 +134,21 @@ def issue_leaf(
                     crls = _revoke_superseded(session, supersedes, issuers, home=home, now=now)
                     details["revoked_old"] = True
                     details["crl_numbers"] = [c.number for c in crls]
-                    stage_crl_file(staged, crls, home.crl_file)
+                    add_crl_file(files, crls, home.crl_file)
                 audit.append_record(
                     session, now=now, action="renew" if request.renews_id else "issue",
                     target_serial=leaf_facts.serial, target_name=request.name, details=details,
                 )
-                session.flush()
-                # Stage (write and fsync) the files while the transaction is open, so that
-                # a full disk aborts the issuance instead of leaving a certificate without files.
-                staged.ensure_folder(output.folder)
-                chain_pem = pem(certificate) + "".join(pem(c) for c in intermediates)
-                staged.stage(paths["tls.crt"], chain_pem.encode("ascii"))
-                staged.stage(paths["ca.crt"], root_pem.encode("ascii"))
-                if private_key is not None:
-                    staged.stage(paths["tls.key"], keys.private_key_pem(private_key), mode=PRIVATE)
-                if output.p12_passphrase is not None and private_key is not None:
-                    bundle = pkcs12_bytes(
-                        name=request.name, key=private_key, certificate=certificate,
-                        ca_certificates=[*intermediates, _load(root_pem)],
-                        passphrase=output.p12_passphrase, legacy=output.p12_legacy,
-                    )
-                    staged.stage(paths["tls.p12"], bundle, mode=PRIVATE)
         except BaseException:
-            staged.discard()
+            files.abandon()
             raise
-        written = staged.commit()
+        try:
+            written = files.write()
+        except FilesNotWritten as exc:
+            raise FilesNotWritten(
+                f"certificate {leaf_facts.serial} is recorded but its files were not written ({exc}): "
+                f"revoke it with 'mcp-pki revoke {leaf_facts.serial}' and issue again"
+            ) from None
     finally:
         if own_engine:
             engine.dispose()

@@ -15,12 +15,12 @@ from mcp_pki.services import audit
 from mcp_pki.services.authority import PassphraseSource, unlock_all
 from mcp_pki.services.crls import (
     PublishedCrl,
+    add_crl_file,
     crl_bundle,
     new_revocation,
     publish_crls,
-    stage_crl_file,
 )
-from mcp_pki.services.files import StagedFiles
+from mcp_pki.services.files import OutputFiles
 from mcp_pki.services.home import Home
 from mcp_pki.services.inventory import resolve_ref
 from mcp_pki.store.db import open_inventory, read_session, write_session
@@ -56,8 +56,9 @@ class _Change:
 
 def _change_and_publish(
     home: Home, *, passphrase: PassphraseSource, now: datetime, change: Callable[[Session], _Change],
-    crl_validity: timedelta | None = None, extra_outputs: Callable[[list[PublishedCrl]], dict[Path, bytes]] | None = None,
-    prepare: Callable[[Session], None] | None = None,
+    crl_validity: timedelta | None = None, prepare: Callable[[Session], None] | None = None,
+    extra_outputs: Callable[[list[PublishedCrl]], dict[Path, bytes]] | None = None,
+    extra_folders: tuple[Path, ...] = (),
 ) -> RevocationResult:
     """One transaction: the change, new CRLs for every CA, one audit record; then crl.pem.
 
@@ -68,33 +69,31 @@ def _change_and_publish(
     if validity <= timedelta(0):
         raise InvalidInput("the CRL validity must be greater than zero")
     engine = open_inventory(home.db_url)
-    staged = StagedFiles()
+    files = OutputFiles()
     try:
         with read_session(engine) as session, session.begin():
             if prepare is not None:
                 prepare(session)
             issuers: dict[int, Issuer] = unlock_all(session, passphrase, now=now)
-        try:
-            with write_session(engine) as session, session.begin():
-                done = change(session)
-                crls = publish_crls(session, issuers, now=now, validity=validity, published_file=home.crl_file)
-                audit.append_record(
-                    session, now=now, action=done.action, target_serial=done.target_serial,
-                    target_name=done.target_name,
-                    details={**done.details, "crl_numbers": [c.number for c in crls]},
-                )
-                session.flush()
-                stage_crl_file(staged, crls, home.crl_file)
-                for path, data in (extra_outputs(crls) if extra_outputs else {}).items():
-                    staged.ensure_folder(path.parent)
-                    staged.stage(path, data)
-        except BaseException:
-            staged.discard()
-            raise
-        files = staged.commit()
+        for folder in (home.path, *extra_folders):
+            files.prepare(folder)
+        with write_session(engine) as session, session.begin():
+            done = change(session)
+            crls = publish_crls(session, issuers, now=now, validity=validity, published_file=home.crl_file)
+            audit.append_record(
+                session, now=now, action=done.action, target_serial=done.target_serial,
+                target_name=done.target_name,
+                details={**done.details, "crl_numbers": [c.number for c in crls]},
+            )
+        add_crl_file(files, crls, home.crl_file)
+        for path, data in (extra_outputs(crls) if extra_outputs else {}).items():
+            files.add(path, data)
+    except BaseException:
+        files.abandon()
+        raise
     finally:
         engine.dispose()
-    return RevocationResult(done.revoked, crls, files)
+    return RevocationResult(done.revoked, crls, files.write())
 
 
 def revoke_certificate(
@@ -156,8 +155,10 @@ def republish(
             files.update({der_folder / f"{crl.role}.crl": crl.der for crl in crls})
         return files
 
+    folders = tuple(p for p in (copy_to.parent if copy_to else None, der_folder) if p is not None)
     return _change_and_publish(
         home, passphrase=passphrase, now=now, change=change, crl_validity=validity, extra_outputs=outputs,
+        extra_folders=folders,
     )
 
 

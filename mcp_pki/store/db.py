@@ -43,13 +43,28 @@ def open_inventory(url: str, *, create: bool = False) -> Engine:
         _configure_sqlite(engine)
     try:
         _ensure_schema(engine, display=parsed.render_as_string(hide_password=True))
-    except OperationalError as exc:
-        raise InventoryError(f"cannot open the inventory: {_reason(exc)}") from None
-    except DatabaseError as exc:
-        raise InventoryError(
-            f"{parsed.render_as_string()} is not a usable mcp-pki inventory: {_reason(exc)}"
-        ) from None
+        if is_sqlite:
+            _use_wal(engine)
+    except BaseException as exc:
+        engine.dispose()
+        if isinstance(exc, OperationalError):
+            raise InventoryError(f"cannot open the inventory: {_reason(exc)}") from None
+        if isinstance(exc, DatabaseError):
+            raise InventoryError(
+                f"{parsed.render_as_string()} is not a usable mcp-pki inventory: {_reason(exc)}"
+            ) from None
+        raise
     return engine
+
+
+def _use_wal(engine: Engine) -> None:
+    """WAL lets readers work while a writer commits. It is a property of the file, so it is
+    set once the file is known to be ours: a database we refuse is left byte for byte."""
+    connection = engine.raw_connection()  # outside any transaction, as SQLite requires
+    try:
+        connection.cursor().execute("PRAGMA journal_mode = WAL")
+    finally:
+        connection.close()
 
 
 def write_session(engine: Engine) -> Session:
@@ -87,7 +102,6 @@ def _configure_sqlite(engine: Engine) -> None:
         try:
             cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             cursor.execute("PRAGMA foreign_keys = ON")
-            cursor.execute("PRAGMA journal_mode = WAL")
             # FULL: a committed certificate survives a power cut, as the inventory promises.
             cursor.execute("PRAGMA synchronous = FULL")
         finally:
@@ -107,10 +121,12 @@ def _ensure_schema(engine: Engine, *, display: str) -> None:
             revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
     if revision == SCHEMA_REVISION:
         return
-    if tables and not (_OUR_TABLES <= tables and "alembic_version" in tables):
+    if tables and revision is None:
         raise InventoryError(f"{display} is not an mcp-pki inventory (it holds other tables)")
     from mcp_pki.store.migrate import known_revisions, upgrade  # Alembic only when needed
 
+    if revision is not None and not _OUR_TABLES <= tables:
+        raise InventoryError(f"{display} is not an mcp-pki inventory (its tables are not ours)")
     if revision is not None and revision not in known_revisions():
         raise InventoryError(
             f"the inventory's schema ({revision}) is newer than this mcp-pki: upgrade mcp-pki"
