@@ -130,4 +130,6 @@ def pkilint_cert(path: Path) -> str:
         [str(VENV_BIN / "lint_pkix_cert"), "lint", "-s", "WARNING", str(path)],
         capture_output=True, text=True, timeout=120,
     )
+    if result.returncode and not result.stdout.strip():  # pkilint itself failed: never "clean"
+        raise AssertionError(f"pkilint could not lint {path}: {result.stderr.strip()}")
     return result.stdout.strip() if result.returncode else ""

@@ -42,7 +42,8 @@ def renew(
     Examples:
       mcp-pki renew alice --revoke-old
       mcp-pki renew --expiring-within 30d --out-root /etc/mcp/certs   # e.g. from cron
-    A certificate that already has a valid renewal is not renewed again.
+    A certificate that already has a valid renewal is not renewed again, and one whose
+    whole life is shorter than three windows waits until a third of its life is left.
     """
     from mcp_pki.errors import InvalidInput
 

@@ -24,6 +24,7 @@ _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 _TOP_LABEL = re.compile(r"[a-z0-9-]{0,62}[a-z]")
 _URI_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
 _EMAIL_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}")
+_LOOKS_LIKE_HOST = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+")
 _ROLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 
 
@@ -168,7 +169,7 @@ class SubjectAltNames:
         )
 
 
-def check_permitted_dns(sans: SubjectAltNames, permitted: tuple[str, ...]) -> None:
+def check_permitted_dns(sans: SubjectAltNames, permitted: tuple[str, ...], *, common_name: str) -> None:
     """Our own enforcement of ``--permit-dns``: some TLS stacks ignore name constraints.
 
     Like the name constraints we put on the CA, only DNS names are constrained: IP, URI
@@ -177,11 +178,22 @@ def check_permitted_dns(sans: SubjectAltNames, permitted: tuple[str, ...]) -> No
     if not permitted:
         return
     for name in sans.dns:
-        bare = name.removeprefix("*.")
-        if not any(bare == suffix or bare.endswith("." + suffix) for suffix in permitted):
+        if not _within(name.removeprefix("*."), permitted):
             raise PolicyViolation(
                 f"DNS name {name!r} is outside this CA's permitted names ({', '.join(permitted)})"
             )
+    # With no DNS name in the SANs, OpenSSL checks a subject CN that looks like a host name
+    # (dotted, host-name characters only) against the DNS constraints, and rejects it.
+    if not sans.dns and _LOOKS_LIKE_HOST.fullmatch(common_name) and not _within(common_name.lower(), permitted):
+        raise PolicyViolation(
+            f"name {common_name!r} looks like a DNS name outside this CA's permitted names "
+            f"({', '.join(permitted)}), so OpenSSL-based peers would reject the certificate: "
+            "choose a name without dots, or one under a permitted suffix"
+        )
+
+
+def _within(name: str, permitted: tuple[str, ...]) -> bool:
+    return any(name == suffix or name.endswith("." + suffix) for suffix in permitted)
 
 
 def _unique(items: Iterable[_T]) -> tuple[_T, ...]:

@@ -10,7 +10,7 @@ from sqlalchemy import Engine, func, select
 from mcp_pki.errors import InvalidInput
 from mcp_pki.pki.crl import authority_key_id, crl_number, load_crls
 from mcp_pki.services.inventory import ListedCertificate, Status, count_by_status
-from mcp_pki.services.renewal import due_for_renewal
+from mcp_pki.services.renewal import expiring_unreplaced
 from mcp_pki.store.db import read_session
 from mcp_pki.store.models import Authority, CrlPublication
 
@@ -56,7 +56,7 @@ def check_health(engine: Engine, *, now: datetime, warn_within: timedelta, crl_f
     findings = []
     for authority in authorities:
         findings += _authority_findings(authority, now=now, warn_within=warn_within)
-    findings += _published_file_findings(crl_file, authorities)
+    findings += _published_file_findings(crl_file, authorities, now=now)
     with read_session(engine) as session, session.begin():
         # A certificate that already has a valid renewal is taken care of: no warning.
         expiring = [
@@ -64,7 +64,7 @@ def check_health(engine: Engine, *, now: datetime, warn_within: timedelta, crl_f
                 serial=c.serial, name=c.name, kind=c.kind, owner=c.owner, status=Status.VALID,
                 not_after=c.not_after, sans=tuple(c.sans), roles=tuple(c.roles),
             )
-            for c in due_for_renewal(session, now=now, within=warn_within)
+            for c in expiring_unreplaced(session, now=now, within=warn_within)
         ]
     for certificate in expiring:
         findings.append(Finding(
@@ -118,16 +118,29 @@ def _authority_findings(authority: AuthorityHealth, *, now: datetime, warn_withi
     return findings
 
 
-def _published_file_findings(crl_file: Path, authorities: list[AuthorityHealth]) -> list[Finding]:
-    """The inventory may be ahead of crl.pem (another machine published, or a write failed)."""
+def _published_file_findings(crl_file: Path, authorities: list[AuthorityHealth], *, now: datetime) -> list[Finding]:
+    """crl.pem is what this machine's servers load. It may lag the inventory (another machine
+    sharing the database published, or a write failed), so its own dates count too."""
     try:
         published = load_crls(crl_file.read_bytes())
     except OSError:
         return [Finding(Level.WARNING, f"{crl_file} is missing: run 'mcp-pki crl'")]
     except InvalidInput:
         return [Finding(Level.WARNING, f"{crl_file} is not a valid CRL bundle: run 'mcp-pki crl'")]
+    findings = []
+    for crl in published:
+        next_update = crl.next_update_utc
+        if next_update is None:
+            continue
+        if next_update <= now:
+            findings.append(Finding(
+                Level.CRITICAL,
+                f"{crl_file} holds a CRL that expired {next_update:%Y-%m-%d %H:%M} UTC: servers loading it "
+                "reject every client; run 'mcp-pki crl' and reload them",
+            ))
+            break
     newest_published = max((crl_number(c) or 0 for c in published if authority_key_id(c)), default=0)
     newest_recorded = max((a.crl_number or 0 for a in authorities), default=0)
     if newest_published < newest_recorded:
-        return [Finding(Level.WARNING, f"{crl_file} is older than the inventory's CRLs: run 'mcp-pki crl'")]
-    return []
+        findings.append(Finding(Level.WARNING, f"{crl_file} is older than the inventory's CRLs: run 'mcp-pki crl'"))
+    return findings

@@ -81,7 +81,7 @@ def issue_leaf(
     try:
         with read_session(engine) as session, session.begin():
             chain = signing_chain(session)
-            check_permitted_dns(request.sans, tuple(chain.signer.permitted_dns))
+            check_permitted_dns(request.sans, tuple(chain.signer.permitted_dns), common_name=request.name)
             issuers = unlock_all(session, passphrase, now=now) if supersedes else {}
         issuer = issuers.get(chain.signer.id) or unlock(chain.signer, passphrase, now=now)
         private_key = None if request.csr else keys.generate_private_key(request.key_type)

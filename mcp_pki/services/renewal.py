@@ -101,9 +101,8 @@ def _same_key_type(old: Certificate) -> keys.KeyType:
         ) from None
 
 
-def due_for_renewal(session: Session, *, now: datetime, within: timedelta) -> list[Certificate]:
-    """Valid certificates expiring within the window that no valid renewal replaces yet,
-    so that a daily cron job renews each certificate once."""
+def expiring_unreplaced(session: Session, *, now: datetime, within: timedelta) -> list[Certificate]:
+    """Valid certificates expiring within the window that no valid renewal replaces yet."""
     renewal = aliased(Certificate)
     renewal_revocation = aliased(Revocation)
     replaced = exists(
@@ -123,6 +122,17 @@ def due_for_renewal(session: Session, *, now: datetime, within: timedelta) -> li
         )
         .order_by(Certificate.not_after, Certificate.id)
     ))
+
+
+def due_for_renewal(session: Session, *, now: datetime, within: timedelta) -> list[Certificate]:
+    """What ``renew --expiring-within`` renews: `expiring_unreplaced`, except that a
+    certificate living less than three windows waits until a third of its life is left (as
+    certbot does). Otherwise its renewal would be due at once, and a daily cron job would
+    renew it again every day."""
+    return [
+        c for c in expiring_unreplaced(session, now=now, within=within)
+        if c.not_after - c.not_before >= 3 * within or c.not_after - now <= (c.not_after - c.not_before) / 3
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,20 +39,22 @@ def verify_certificate(engine: Engine, data: bytes, *, now: datetime) -> Verdict
     """Chain, validity and revocation of the first certificate in `data`."""
     leaf = load_pem_certificates(data)[0]
     cas = _load_cas(engine)
-    issuer = _find_issuer(leaf, cas.values())
-    if issuer is None:
+    own = next((ca for ca in cas.values() if ca.certificate == leaf), None)  # one of our CAs
+    issuer = (cas[own.parent_id] if own.parent_id else None) if own else _find_issuer(leaf, cas.values())
+    if issuer is None and own is None:
         raise VerificationFailed("unknown issuer: not signed by a CA of this inventory")
-    _check_period(leaf, "certificate", now)
+    _check_period(leaf, "CA certificate" if own else "certificate", now)
     chain: list[str] = []
     crl_numbers: list[int] = []
     subject, current = leaf, issuer
-    while True:
+    while current is not None:
         _check_revocation(subject, current, now, crl_numbers)
         chain.append(current.certificate.subject.rfc4514_string())
         _check_period(current.certificate, f"CA {chain[-1]}", now)
-        if current.parent_id is None:
-            break
-        subject, current = current.certificate, cas[current.parent_id]
+        subject, current = current.certificate, cas[current.parent_id] if current.parent_id else None
+    if own is not None:
+        return Verdict(facts(leaf), chain, crl_numbers)
+    assert issuer is not None
     serial = serial_hex(leaf.serial_number)
     with read_session(engine) as session, session.begin():
         stored = session.scalar(
