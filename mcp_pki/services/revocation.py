@@ -150,7 +150,8 @@ def republish(
         return _Change([], "publish-crl", {})
 
     def outputs(crls: list[PublishedCrl]) -> dict[Path, bytes]:
-        files = {copy_to: crl_bundle(crls)} if copy_to else {}
+        elsewhere = copy_to is not None and copy_to.absolute() != home.crl_file.absolute()
+        files = {copy_to: crl_bundle(crls)} if copy_to and elsewhere else {}
         if der_folder is not None:
             files.update({der_folder / f"{crl.role}.crl": crl.der for crl in crls})
         return files
