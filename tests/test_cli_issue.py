@@ -110,3 +110,15 @@ def test_force_replaces_existing_files(ca: Cli) -> None:
     ca.ok("issue", "client", "alice", "--force")
     assert (ca.cwd / "alice" / "tls.crt").read_bytes() != first
     assert not [p for p in (ca.cwd / "alice").iterdir() if p.name.startswith(".")]  # no temp files
+
+
+def test_db_option_and_environment_choose_the_inventory(mcp: Cli, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "shared" / "team.db"
+    elsewhere.parent.mkdir()
+    url = f"sqlite:///{elsewhere}"
+    mcp.ok("--db", url, "init-ca", "--name", "Team")
+    assert elsewhere.exists() and not mcp.db.exists()
+    mcp.ok("--db", url, "issue", "client", "alice")
+    listed = json.loads(mcp.ok("list", "--json", env={"MCP_PKI_DB": url}).stdout)
+    assert [c["name"] for c in listed] == ["alice"]
+    assert table_counts(elsewhere)["certificates"] == 1
