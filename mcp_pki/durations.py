@@ -8,6 +8,8 @@ from mcp_pki.errors import InvalidInput
 _UNITS = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1),
           "w": timedelta(weeks=1), "y": timedelta(days=365)}
 _PATTERN = re.compile(r"(\d{1,6})([mhdwy])")
+# Longer than any certificate or CRL should live, and far from datetime's year 9999.
+MAX_DURATION = timedelta(days=36500)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -20,7 +22,10 @@ def parse_duration(text: str) -> timedelta:
     amount, unit = int(match.group(1)), match.group(2)
     if amount == 0:
         raise InvalidInput(f"invalid duration {text!r}: must be greater than zero")
-    return amount * _UNITS[unit]
+    duration = amount * _UNITS[unit]
+    if duration > MAX_DURATION:
+        raise InvalidInput(f"invalid duration {text!r}: at most 100y")
+    return duration
 
 
 def format_duration(delta: timedelta) -> str:

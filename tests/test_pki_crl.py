@@ -9,7 +9,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import CRLEntryExtensionOID, ExtensionOID
 
 from mcp_pki.pki import keys, profiles
-from mcp_pki.pki.crl import RevocationReason, RevokedEntry, build_crl, encode_entry, load_crls, pem_encode
+from mcp_pki.pki.crl import RevocationReason, RevokedEntry, build_crl, encode_entry, load_crls
+from mcp_pki.pki.der import pem_encode
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 

@@ -115,9 +115,16 @@ def test_rendered_nginx_front_forwards_the_verified_client(ca: Cli, tmp_path: Pa
 def test_server_env_block_runs_uvicorn_with_client_certificates_required(ca: Cli, tmp_path: Path) -> None:
     srv = issue_server(ca)
     alice = issue_client(ca, "alice")
-    block = ca.ok("snippet", "server-env", "srv", "--dir", str(srv)).stdout
-    settings = dict(line.split("=", 1) for line in block.splitlines() if line and not line.startswith("#"))
-    assert set(settings) == {"UVICORN_SSL_CERTFILE", "UVICORN_SSL_KEYFILE", "UVICORN_SSL_CA_CERTS", "UVICORN_SSL_CERT_REQS"}
+    spaced = tmp_path / "certs with space"
+    shutil.copytree(srv, spaced)
+    env_file = tmp_path / "server-env.sh"
+    env_file.write_text(ca.ok("snippet", "server-env", "srv", "--dir", str(spaced)).stdout)
+    # What an operator does: source the block in a shell, then start uvicorn from it.
+    dump = subprocess.run(["sh", "-c", f". '{env_file}' && env -0"], capture_output=True, check=True, timeout=30)
+    exported = dict(item.split("=", 1) for item in dump.stdout.decode().split("\0") if "=" in item)
+    settings = {k: v for k, v in exported.items() if k.startswith("UVICORN_SSL_")}
+    assert settings["UVICORN_SSL_CERTFILE"] == str(spaced / "tls.crt")
+    assert settings["UVICORN_SSL_CERT_REQS"] == "2"
     (tmp_path / "app.py").write_text(
         "async def app(scope, receive, send):\n"
         "    if scope['type'] != 'http':\n        return\n"

@@ -2,7 +2,15 @@
 
 import click
 
-from mcp_pki.cli.common import Settings, emit_json, iso, now, parse_duration_option, pass_settings
+from mcp_pki.cli.common import (
+    Settings,
+    emit_json,
+    iso,
+    now,
+    parse_duration_option,
+    pass_settings,
+    settings_of,
+)
 
 
 @click.group(invoke_without_command=True)
@@ -20,8 +28,7 @@ def audit(ctx: click.Context, since: str | None, as_json: bool) -> None:
     from mcp_pki.services.audit import list_records
     from mcp_pki.services.authority import open_existing
 
-    settings = ctx.find_object(Settings)
-    assert settings is not None
+    settings = settings_of(ctx)
     engine = open_existing(settings.home())
     try:
         records = list_records(engine, since=_since(since))

@@ -86,7 +86,7 @@ def warn(message: str) -> None:
     click.echo(f"Warning: {message}", err=True)
 
 
-def settings(ctx: click.Context) -> Settings:
+def settings_of(ctx: click.Context) -> Settings:
     value = ctx.find_object(Settings)
     assert value is not None
     return value

@@ -4,7 +4,15 @@ from pathlib import Path
 
 import click
 
-from mcp_pki.cli.common import Settings, emit_json, iso, now, parse_duration_option, pass_settings
+from mcp_pki.cli.common import (
+    Settings,
+    emit_json,
+    iso,
+    now,
+    parse_duration_option,
+    pass_settings,
+    settings_of,
+)
 
 
 @click.command()
@@ -24,8 +32,7 @@ def status(ctx: click.Context, warn_within: str, as_json: bool) -> None:
     from mcp_pki.services.authority import open_existing
     from mcp_pki.services.health import check_health
 
-    settings = ctx.find_object(Settings)
-    assert settings is not None
+    settings = settings_of(ctx)
     home = settings.home()
     engine = open_existing(home)
     try:

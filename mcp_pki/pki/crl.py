@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtensionOID
 
 from mcp_pki.errors import InvalidInput
+from mcp_pki.pki.der import children, der
 from mcp_pki.pki.keys import SigningKey, signature_hash_for
 from mcp_pki.pki.profiles import Issuer
 
@@ -29,7 +30,6 @@ class RevocationReason(Enum):
 
 
 REASON_NAMES = [reason.value for reason in RevocationReason]
-REASON_BY_NAME = {reason.value: reason for reason in RevocationReason}
 
 
 def parse_reason(text: str | None) -> RevocationReason | None:
@@ -85,11 +85,11 @@ def build_crl(
     if not entries:
         return empty.public_bytes(serialization.Encoding.DER)
     # TBSCertList: version, signature, issuer, thisUpdate, nextUpdate, [revoked], [0] extensions
-    fields = _der_children(empty.tbs_certlist_bytes)
-    revoked = _der(0x30, b"".join(entries))
-    tbs = _der(0x30, b"".join(fields[:5]) + revoked + b"".join(fields[5:]))
-    outer = _der_children(empty.public_bytes(serialization.Encoding.DER))
-    return _der(0x30, tbs + outer[1] + _der(0x03, b"\x00" + _sign(issuer.key, tbs)))
+    fields = children(empty.tbs_certlist_bytes)
+    revoked = der(0x30, b"".join(entries))
+    tbs = der(0x30, b"".join(fields[:5]) + revoked + b"".join(fields[5:]))
+    outer = children(empty.public_bytes(serialization.Encoding.DER))
+    return der(0x30, tbs + outer[1] + der(0x03, b"\x00" + _sign(issuer.key, tbs)))
 
 
 def _sign(key: SigningKey, data: bytes) -> bytes:
@@ -103,32 +103,6 @@ def _sign(key: SigningKey, data: bytes) -> bytes:
     return key.sign(data)
 
 
-def _der(tag: int, content: bytes) -> bytes:
-    length = len(content)
-    if length < 0x80:
-        return bytes((tag, length)) + content
-    size = (length.bit_length() + 7) // 8
-    return bytes((tag, 0x80 | size)) + length.to_bytes(size, "big") + content
-
-
-def _der_children(data: bytes) -> list[bytes]:
-    """The encoded elements inside the outermost SEQUENCE of `data`."""
-    def header(at: int) -> tuple[int, int]:  # (content start, content length)
-        first = data[at + 1]
-        if first < 0x80:
-            return at + 2, first
-        size = first & 0x7F
-        return at + 2 + size, int.from_bytes(data[at + 2 : at + 2 + size], "big")
-
-    start, length = header(0)
-    children, at = [], start
-    while at < start + length:
-        content, size = header(at)
-        children.append(data[at : content + size])
-        at = content + size
-    return children
-
-
 _REASON_CODES = {
     RevocationReason.KEY_COMPROMISE: 1, RevocationReason.CA_COMPROMISE: 2,
     RevocationReason.AFFILIATION_CHANGED: 3, RevocationReason.SUPERSEDED: 4,
@@ -136,10 +110,10 @@ _REASON_CODES = {
 }
 # Extension ::= SEQUENCE { extnID, extnValue OCTET STRING (ENUMERATED code) }, non-critical.
 _REASON_EXTENSIONS = {
-    reason: _der(0x30, _der(0x06, bytes.fromhex("551d15")) + _der(0x04, _der(0x0A, bytes((code,)))))
+    reason: der(0x30, der(0x06, bytes.fromhex("551d15")) + der(0x04, der(0x0A, bytes((code,)))))
     for reason, code in _REASON_CODES.items()
 }
-_INVALIDITY_DATE_OID = _der(0x06, bytes.fromhex("551d18"))
+_INVALIDITY_DATE_OID = der(0x06, bytes.fromhex("551d18"))
 
 
 def encode_entry(entry: RevokedEntry) -> bytes:
@@ -149,11 +123,11 @@ def encode_entry(entry: RevokedEntry) -> bytes:
     if entry.reason is not None:
         extensions = _REASON_EXTENSIONS[entry.reason]
     if entry.invalidity_date is not None:
-        extensions += _der(0x30, _INVALIDITY_DATE_OID + _der(0x04, _generalized_time(entry.invalidity_date)))
-    body = _der(0x02, serial) + _time(entry.revoked_at)
+        extensions += der(0x30, _INVALIDITY_DATE_OID + der(0x04, _generalized_time(entry.invalidity_date)))
+    body = der(0x02, serial) + _time(entry.revoked_at)
     if extensions:
-        body += _der(0x30, extensions)
-    return _der(0x30, body)
+        body += der(0x30, extensions)
+    return der(0x30, body)
 
 
 def _time(moment: datetime) -> bytes:
@@ -169,13 +143,6 @@ def _generalized_time(moment: datetime) -> bytes:
     m = moment.astimezone(UTC)
     text = f"{m.year:04d}{m.month:02d}{m.day:02d}{m.hour:02d}{m.minute:02d}{m.second:02d}Z"
     return b"\x18\x0f" + text.encode("ascii")
-
-
-def pem_encode(der: bytes, label: str = "X509 CRL") -> bytes:
-    """PEM armour (RFC 7468) without re-encoding the DER through a parser."""
-    body = base64.b64encode(der)
-    lines = b"\n".join(body[i : i + 64] for i in range(0, len(body), 64))
-    return f"-----BEGIN {label}-----\n".encode() + lines + f"\n-----END {label}-----\n".encode()
 
 
 def crl_number(crl: x509.CertificateRevocationList) -> int | None:

@@ -31,6 +31,8 @@ def load_csr(data: bytes) -> VerifiedRequest:
         public_key = csr.public_key()
     except (ValueError, TypeError):
         raise InvalidInput("malformed CSR: expected a PEM or DER PKCS#10 request") from None
+    except UnsupportedAlgorithm:
+        raise InvalidInput("CSR key type refused: use ECDSA, Ed25519 or RSA") from None
     except x509.UnsupportedGeneralNameType:  # pragma: no cover - exotic requests
         raise InvalidInput("CSR uses an unsupported name type") from None
     try:

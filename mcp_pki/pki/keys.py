@@ -1,12 +1,19 @@
 """Key types we generate and accept, and how CA keys are kept encrypted at rest."""
 
+import os
 from enum import Enum
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.hazmat.primitives.ciphers import Cipher
+from cryptography.hazmat.primitives.ciphers.algorithms import AES
+from cryptography.hazmat.primitives.ciphers.modes import CBC
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+from cryptography.hazmat.primitives.padding import PKCS7
 
 from mcp_pki.errors import InvalidInput, PassphraseError
+from mcp_pki.pki import der
 
 # RSA below 2048 bits and curves below P-256 are refused everywhere, including in CSRs.
 _MIN_RSA_BITS = 2048
@@ -94,16 +101,36 @@ def signature_hash_for(key: SigningKey) -> hashes.SHA256 | hashes.SHA384 | hashe
     return hashes.SHA256()
 
 
+# scrypt as OpenSSL's `pkcs8 -scrypt` uses it: 16 MiB and ~30 ms per unlock, which makes
+# guessing a CA passphrase memory-hard. cryptography's BestAvailableEncryption for PKCS#8
+# would use PBKDF2 with only 2,048 iterations and cannot be tuned.
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
+_PBES2, _SCRYPT, _AES256_CBC = "1.2.840.113549.1.5.13", "1.3.6.1.4.1.11591.4.11", "2.16.840.1.101.3.4.1.42"
+
+
 def encrypt_private_key(key: SigningKey, passphrase: bytes | None) -> str:
-    """PKCS#8 PEM, encrypted with the best scheme `cryptography` offers (PBES2, AES-256)."""
-    encryption: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(passphrase)
-        if passphrase
-        else serialization.NoEncryption()
+    """PKCS#8 PEM: PBES2 with scrypt and AES-256-CBC (RFC 8018, RFC 7914), which OpenSSL
+    and cryptography both read; unencrypted only for --no-passphrase."""
+    plain = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption())
+    if not passphrase:
+        return der.pem_encode(plain, "PRIVATE KEY").decode("ascii")
+    salt, iv = os.urandom(16), os.urandom(16)
+    secret = Scrypt(salt=salt, length=32, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P).derive(passphrase)
+    padder = PKCS7(128).padder()
+    encryptor = Cipher(AES(secret), CBC(iv)).encryptor()
+    ciphertext = encryptor.update(padder.update(plain) + padder.finalize()) + encryptor.finalize()
+    scrypt_params = der.sequence(
+        der.octets(salt), der.integer(_SCRYPT_N), der.integer(_SCRYPT_R), der.integer(_SCRYPT_P)
     )
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
-    ).decode("ascii")
+    algorithm = der.sequence(
+        der.oid(_PBES2),
+        der.sequence(
+            der.sequence(der.oid(_SCRYPT), scrypt_params),
+            der.sequence(der.oid(_AES256_CBC), der.octets(iv)),
+        ),
+    )
+    return der.pem_encode(der.sequence(algorithm, der.octets(ciphertext)), "ENCRYPTED PRIVATE KEY").decode("ascii")
 
 
 def private_key_pem(key: SigningKey) -> bytes:

@@ -67,6 +67,15 @@ def validate_dns_name(text: str, *, allow_wildcard: bool = False) -> str:
     return name
 
 
+def validate_dns_suffix(text: str) -> str:
+    """A ``--permit-dns`` subtree: one or more labels, a single one such as ``internal``
+    included (RFC 5280 name constraints allow any domain; ``.internal`` is for private use)."""
+    name = text.lower().removeprefix(".")
+    if not name or len(name) > 253 or not all(_LABEL.fullmatch(label) for label in name.split(".")):
+        raise InvalidInput(f"invalid --permit-dns {text!r}: give a domain such as mcp.example.com or internal")
+    return name
+
+
 def parse_ip(text: str) -> IPAddress:
     try:
         return ipaddress.ip_address(text)

@@ -5,6 +5,7 @@ public facts) and never a private key. A file of the same name in ``<home>/templ
 overrides the packaged one.
 """
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,6 +82,7 @@ def render(target: Target, view: CertificateView, variables: dict[str, str], *, 
         keep_trailing_newline=True,
         autoescape=False,
     )
+    environment.filters["shell"] = shlex.quote  # a path with a space stays one word
     try:
         return environment.get_template(target.template).render(cert=view, var=variables)
     except jinja2.TemplateError as exc:

@@ -17,18 +17,23 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from mcp_pki.store.db import lock_for_write, read_session
+from mcp_pki.store.db import read_session
 from mcp_pki.store.models import AuditRecord, Authority, Certificate
 
 GENESIS_HASH = "0" * 64
 
 
 def current_operator() -> str:
-    """The OS user running the command (who did it, as far as this machine knows)."""
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return f"uid:{os.getuid()}" if hasattr(os, "getuid") else "unknown"
+    """The OS account running the command, from its user id: $USER and $LOGNAME are the
+    caller's to set, so they are used only where there are no user ids (Windows)."""
+    if hasattr(os, "geteuid"):
+        import pwd
+
+        try:
+            return pwd.getpwuid(os.geteuid()).pw_name
+        except KeyError:
+            return f"uid:{os.geteuid()}"
+    return getpass.getuser()
 
 
 def append_record(
@@ -39,17 +44,19 @@ def append_record(
     target_serial: str | None = None,
     target_name: str | None = None,
     details: dict[str, Any] | None = None,
-    outcome: str = "success",
 ) -> AuditRecord:
-    """Add one record to the chain inside the caller's transaction. Never pass secrets."""
-    lock_for_write(session)
+    """Add one record to the chain inside the caller's transaction. Never pass secrets.
+
+    The outcome is always "success": a command that fails rolls back and changes nothing,
+    its record included.
+    """
     last = session.execute(
         select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)
     ).first()
     seq, prev_hash = (last.seq + 1, last.hash) if last else (1, GENESIS_HASH)
     record = AuditRecord(
         seq=seq, at=now, operator=current_operator(), action=action,
-        target_serial=target_serial, target_name=target_name, outcome=outcome,
+        target_serial=target_serial, target_name=target_name, outcome="success",
         details=details or {}, prev_hash=prev_hash,
     )
     record.hash = record_hash(record)

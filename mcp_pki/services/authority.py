@@ -9,12 +9,12 @@ from cryptography import x509
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from mcp_pki.errors import Conflict, InventoryError, PassphraseError, PolicyViolation
+from mcp_pki.errors import Conflict, InvalidInput, InventoryError, PassphraseError, PolicyViolation
 from mcp_pki.pki import keys, profiles
 from mcp_pki.pki.inspect import pem
-from mcp_pki.pki.names import validate_dns_name
+from mcp_pki.pki.names import validate_dns_suffix
 from mcp_pki.services import audit
-from mcp_pki.services.crls import add_crl_file, publish_crls
+from mcp_pki.services.crls import publish_crls, write_crl_file
 from mcp_pki.services.files import OutputFiles, refuse_existing
 from mcp_pki.services.home import Home
 from mcp_pki.store.db import open_inventory, write_session
@@ -43,7 +43,7 @@ class CreatedCa:
 
 
 def normalise_permitted_dns(suffixes: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(validate_dns_name(s.removeprefix(".")) for s in suffixes))
+    return tuple(dict.fromkeys(validate_dns_suffix(s) for s in suffixes))
 
 
 def init_ca(home: Home, request: CaRequest, *, now: datetime) -> CreatedCa:
@@ -54,6 +54,9 @@ def init_ca(home: Home, request: CaRequest, *, now: datetime) -> CreatedCa:
         [home.root_certificate_file, home.crl_file], force=False,
         hint="this home already has a CA (a CA is never replaced; use another --home)",
     )
+    policy = home.policy()  # a bad config.yaml fails here, before the inventory exists
+    if policy.crl_validity <= timedelta(0):
+        raise InvalidInput("config.yaml: crl.next_update must be greater than zero")
     engine = open_inventory(home.db_url, create=True)
     output = OutputFiles()
     try:
@@ -67,16 +70,17 @@ def init_ca(home: Home, request: CaRequest, *, now: datetime) -> CreatedCa:
             # every CA in the chain before the first revocation ever happens.
             crls = publish_crls(
                 session, {row.id: issuer for row, issuer in signers}, now=now,
-                validity=home.policy().crl_validity, published_file=home.crl_file,
+                validity=policy.crl_validity, published_file=home.crl_file,
             )
             output.add(home.root_certificate_file, pem(root).encode("ascii"))
-            add_crl_file(output, crls, home.crl_file)
+
     except BaseException:
         output.abandon()
         raise
     finally:
         engine.dispose()
     output.write()
+    write_crl_file(home.crl_file, crls)
     return CreatedCa(root=root, issuing=issuing, root_file=home.root_certificate_file)
 
 

@@ -1,5 +1,8 @@
 """Publishing CRLs: one per CA, numbers that only grow, and the crl.pem bundle."""
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -18,8 +21,8 @@ from mcp_pki.pki.crl import (
     crl_number,
     encode_entry,
     load_crls,
-    pem_encode,
 )
+from mcp_pki.pki.der import pem_encode
 from mcp_pki.pki.profiles import Issuer
 from mcp_pki.services.files import OutputFiles
 from mcp_pki.store.models import Authority, Certificate, CrlPublication, Revocation
@@ -35,6 +38,7 @@ class PublishedCrl:
     entries: int
     pem: bytes
     der: bytes
+    key_id: bytes  # the CA's subject key identifier, which the CRL's AKI names
 
 
 def publish_crls(
@@ -81,7 +85,7 @@ def publish_crls(
         published.append(PublishedCrl(
             role=authority.role, subject=authority.subject, number=number, this_update=now,
             next_update=now + validity, entries=len(entries), pem=pem,
-            der=der,
+            der=der, key_id=key_id,
         ))
     return published
 
@@ -142,7 +146,34 @@ def crl_bundle(crls: list[PublishedCrl]) -> bytes:
     return b"".join(c.pem for c in crls)
 
 
-def add_crl_file(output: OutputFiles, crls: list[PublishedCrl], path: Path) -> None:
-    """``crl.pem``: every CA's CRL, concatenated, as nginx's ssl_crl and OpenSSL's
-    -crl_check_all need (an expired or missing CRL for any CA in the chain rejects all)."""
-    output.add(path, crl_bundle(crls))
+def write_crl_file(path: Path, crls: list[PublishedCrl]) -> bool:
+    """Replace ``crl.pem`` (every CA's CRL, concatenated, as nginx's ssl_crl and OpenSSL's
+    -crl_check_all need), unless it already holds newer CRLs.
+
+    Runs after the commit. Two publishers commit in order but may reach this point out of
+    order; under the lock, the later CRLs win, so the file never goes back to a CRL that
+    lacks a revocation. Returns whether the file was written.
+    """
+    with _exclusive(path.with_name(".crl.lock")):
+        published = _published_numbers(path)
+        if any(published.get(crl.key_id, 0) > crl.number for crl in crls):
+            return False
+        files = OutputFiles()
+        files.add(path, crl_bundle(crls))
+        files.write()
+    return True
+
+
+@contextmanager
+def _exclusive(lock_file: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; concurrent publishers are rare there
+        yield
+        return
+    descriptor = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)

@@ -68,6 +68,8 @@ def _load_yaml(path: Path) -> dict[str, Any]:
 
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if data is None:

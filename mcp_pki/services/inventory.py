@@ -46,10 +46,13 @@ def resolve_ref(session: Session, ref: str, *, now: datetime) -> Certificate:
     none is valid). Certificates of different kinds sharing the name make it ambiguous.
     """
     by_serial: list[Certificate] = []
-    candidate = ref.lower().replace(":", "")
+    candidate = ref.lower().replace(":", "").removeprefix("0x")
     if _SERIAL_PREFIX.fullmatch(candidate):
+        # Serials are stored without leading zeros; OpenSSL, nginx ($ssl_client_serial) and
+        # Python print them padded to whole octets, e.g. 0FBF86... for fbf86...
+        prefix = candidate.lstrip("0") or "0"
         by_serial = list(
-            session.scalars(_with_revocation().where(Certificate.serial.startswith(candidate, autoescape=True)))
+            session.scalars(_with_revocation().where(Certificate.serial.startswith(prefix, autoescape=True)))
         )
     by_name = list(
         session.scalars(

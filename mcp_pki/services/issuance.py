@@ -18,7 +18,7 @@ from mcp_pki.pki.names import SubjectAltNames, check_permitted_dns
 from mcp_pki.pki.profiles import CertificateKind
 from mcp_pki.services import audit
 from mcp_pki.services.authority import PassphraseSource, signing_chain, unlock, unlock_all
-from mcp_pki.services.crls import PublishedCrl, add_crl_file, new_revocation, publish_crls
+from mcp_pki.services.crls import PublishedCrl, new_revocation, publish_crls, write_crl_file
 from mcp_pki.services.files import PRIVATE, FilesNotWritten, OutputFiles, refuse_existing
 from mcp_pki.services.home import Home
 from mcp_pki.store.db import open_inventory, read_session, write_session
@@ -119,6 +119,7 @@ def issue_leaf(
                     passphrase=output.p12_passphrase, legacy=output.p12_legacy,
                 )
                 files.add(paths["tls.p12"], bundle, mode=PRIVATE)
+        superseded_crls: list[PublishedCrl] = []
         try:
             files.prepare(output.folder)
             with write_session(engine) as session, session.begin():
@@ -131,10 +132,9 @@ def issue_leaf(
                 if request.renews_id is not None:
                     details["renews"] = _serial_of(session, request.renews_id)
                 if supersedes is not None:
-                    crls = _revoke_superseded(session, supersedes, issuers, home=home, now=now)
+                    superseded_crls = _revoke_superseded(session, supersedes, issuers, home=home, now=now)
                     details["revoked_old"] = True
-                    details["crl_numbers"] = [c.number for c in crls]
-                    add_crl_file(files, crls, home.crl_file)
+                    details["crl_numbers"] = [c.number for c in superseded_crls]
                 audit.append_record(
                     session, now=now, action="renew" if request.renews_id else "issue",
                     target_serial=leaf_facts.serial, target_name=request.name, details=details,
@@ -142,6 +142,8 @@ def issue_leaf(
         except BaseException:
             files.abandon()
             raise
+        if superseded_crls:
+            write_crl_file(home.crl_file, superseded_crls)
         try:
             written = files.write()
         except FilesNotWritten as exc:

@@ -15,10 +15,10 @@ from mcp_pki.services import audit
 from mcp_pki.services.authority import PassphraseSource, unlock_all
 from mcp_pki.services.crls import (
     PublishedCrl,
-    add_crl_file,
     crl_bundle,
     new_revocation,
     publish_crls,
+    write_crl_file,
 )
 from mcp_pki.services.files import OutputFiles
 from mcp_pki.services.home import Home
@@ -85,7 +85,6 @@ def _change_and_publish(
                 target_name=done.target_name,
                 details={**done.details, "crl_numbers": [c.number for c in crls]},
             )
-        add_crl_file(files, crls, home.crl_file)
         for path, data in (extra_outputs(crls) if extra_outputs else {}).items():
             files.add(path, data)
     except BaseException:
@@ -93,7 +92,10 @@ def _change_and_publish(
         raise
     finally:
         engine.dispose()
-    return RevocationResult(done.revoked, crls, files.write())
+    written = files.write()
+    if write_crl_file(home.crl_file, crls):
+        written.insert(0, home.crl_file)
+    return RevocationResult(done.revoked, crls, written)
 
 
 def revoke_certificate(

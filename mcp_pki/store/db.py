@@ -1,5 +1,6 @@
 """Opening the inventory: engine set-up, SQLite's write locking, schema migrations."""
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from mcp_pki.errors import InventoryError
 # compared here without importing Alembic, which would double the start-up time.
 SCHEMA_REVISION = "0001"
 _OUR_TABLES = {"authorities", "certificates", "audit_log"}
+# Any fixed 64-bit number: the advisory lock that serialises writers on PostgreSQL.
+_WRITE_LOCK_KEY = 0x6D63702D706B69  # "mcp-pki"
 # Concurrent writers wait this long for each other before giving up.
 BUSY_TIMEOUT_MS = 30_000
 
@@ -34,7 +37,7 @@ def open_inventory(url: str, *, create: bool = False) -> Engine:
         if not path.exists() and not create:
             raise InventoryError(f"no inventory at {path}: run 'mcp-pki init-ca' first")
         if create:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private_file(path)
     try:
         engine = create_engine(parsed)
     except (NoSuchModuleError, ImportError) as exc:
@@ -57,6 +60,21 @@ def open_inventory(url: str, *, create: bool = False) -> Engine:
     return engine
 
 
+def _create_private_file(path: Path) -> None:
+    """The inventory holds the CA keys: its folder is created 0700 and the file 0600 before
+    SQLite opens it (SQLite gives its -wal and -shm files the database file's mode)."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InventoryError(f"cannot create the folder {path.parent}: {exc.strerror}") from None
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise InventoryError(f"cannot create the inventory at {path}: {exc.strerror}") from None
+
+
 def _use_wal(engine: Engine) -> None:
     """WAL lets readers work while a writer commits. It is a property of the file, so it is
     set once the file is known to be ours: a database we refuse is left byte for byte."""
@@ -68,22 +86,24 @@ def _use_wal(engine: Engine) -> None:
 
 
 def write_session(engine: Engine) -> Session:
-    """A session whose transaction takes the write lock at BEGIN (see `_configure_sqlite`)."""
-    return Session(engine.execution_options(mcp_pki_write=True), expire_on_commit=False)
+    """A session whose transaction holds the inventory's write lock from its start.
+
+    Writers must see each other's rows before they read (the next audit sequence, the next
+    CRL number), so they are serialised: SQLite by BEGIN IMMEDIATE (see `_configure_sqlite`),
+    PostgreSQL by a transaction-scoped advisory lock, released at commit or rollback.
+    """
+    session = Session(engine.execution_options(mcp_pki_write=True), expire_on_commit=False)
+    if engine.dialect.name == "postgresql":
+
+        @event.listens_for(session, "after_begin")
+        def _lock(_session: Session, _transaction: Any, connection: Any) -> None:
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_WRITE_LOCK_KEY})")
+
+    return session
 
 
 def read_session(engine: Engine) -> Session:
     return Session(engine, expire_on_commit=False)
-
-
-def lock_for_write(session: Session) -> None:
-    """Serialise writers that must see each other's rows (serials, the audit chain).
-
-    SQLite is already serialised by BEGIN IMMEDIATE; PostgreSQL takes a transaction-scoped
-    advisory lock, released at commit or rollback.
-    """
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(4242424242)"))
 
 
 def _configure_sqlite(engine: Engine) -> None:
