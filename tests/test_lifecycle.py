@@ -718,23 +718,15 @@ def test_renew_expiring_within_renews_exactly_the_window_and_only_once(mcp: Cli)
     assert mcp("status").exit_code == 2  # the CRLs of 10 days ago have expired
 
 
-def test_short_lived_certificates_are_renewed_once_at_two_thirds_of_their_life(ca: Cli, tmp_path: Path) -> None:
-    """A certificate shorter-lived than the window would have a renewal due at once; it waits
-    until a third of its life is left, and a second run right after renews nothing."""
-    home = home_of(ca)
-    start = datetime.now(UTC)
-    issued = issue_many(home, ["short"], out=tmp_path / "issued", now=start, validity=lambda i: timedelta(days=9))
-    window = timedelta(days=30)
-
-    def run(at: datetime) -> list[str]:
-        result = renew_expiring(home, within=window, out_root=tmp_path / "renewed", force=True, revoke_old=False,
-                                passphrase=passphrase, now=at)
-        assert result.failed == []
-        return [r.old_serial for r in result.renewed]
-
-    assert run(start + timedelta(days=5)) == []  # 4 days of 9 left: more than a third
-    assert run(start + timedelta(days=6, hours=1)) == [issued["short"][0]]
-    assert run(start + timedelta(days=6, hours=2)) == []  # the renewal is fresh, the old one replaced
+def test_a_window_longer_than_the_lifetime_renews_with_a_warning(ca: Cli) -> None:
+    """The window is exact: a 10-day certificate in a 30-day window is renewed, and since its
+    renewal is in the window too, the tool says the window suits it badly."""
+    short = issue(ca, "client", "short", "--validity", "10d")["serial"]
+    first = ca("renew", "--expiring-within", "30d", "--out-root", "out", "--json")
+    assert first.exit_code == 0, first.stderr
+    assert [r["old_serial"] for r in json.loads(first.stdout)["renewed"]] == [short]
+    assert "short: lifetime not longer than the 30d window" in first.stderr
+    assert ca("renew", "--expiring-within", "5d", "--out-root", "out", "--json").stdout.count("old_serial") == 0
 
 
 def test_renew_expiring_checks_every_output_folder_before_signing_anything(ca: Cli, tmp_path: Path) -> None:

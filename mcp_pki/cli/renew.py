@@ -42,8 +42,9 @@ def renew(
     Examples:
       mcp-pki renew alice --revoke-old
       mcp-pki renew --expiring-within 30d --out-root /etc/mcp/certs   # e.g. from cron
-    A certificate that already has a valid renewal is not renewed again, and one whose
-    whole life is shorter than three windows waits until a third of its life is left.
+    A certificate that already has a valid renewal is not renewed again. Choose a window
+    shorter than the certificates' lifetime (e.g. 30d for 90-day certificates): a renewal
+    that already expires within the window is renewed again on the next run.
     """
     from mcp_pki.errors import InvalidInput
 
@@ -122,6 +123,9 @@ def _renew_expiring(
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
+    if result.short_lived:
+        warn(f"{', '.join(sorted(set(result.short_lived)))}: lifetime not longer than the {expiring_within} "
+             "window, so each renewal is due again at once; use a shorter window")
     if as_json:
         emit_json({
             "renewed": [_renewal_json(r) for r in result.renewed],

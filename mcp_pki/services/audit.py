@@ -18,7 +18,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from mcp_pki.store.db import read_session
-from mcp_pki.store.models import AuditRecord, Authority, Certificate
+from mcp_pki.store.models import AuditRecord, Authority, Certificate, CrlPublication, Revocation
 
 GENESIS_HASH = "0" * 64
 
@@ -102,9 +102,15 @@ class AuditVerdict:
 
 
 def verify_audit_log(engine: Engine) -> AuditVerdict:
+    """Check the chain, then that every CA, certificate, revocation and CRL number in the
+    inventory has the record that made it: removing the newest records leaves the chain
+    itself intact, but not that."""
     with read_session(engine) as session, session.begin():
         records = list(session.scalars(select(AuditRecord).order_by(AuditRecord.seq)))
-        expected_prev, created = GENESIS_HASH, set()
+        expected_prev = GENESIS_HASH
+        created: set[Any] = set()
+        revoked: set[Any] = set()
+        crl_numbers: set[Any] = set()
         for position, record in enumerate(records, start=1):
             if record.seq != position:
                 return AuditVerdict(len(records), f"record {position} is missing (next is {record.seq})")
@@ -113,13 +119,24 @@ def verify_audit_log(engine: Engine) -> AuditVerdict:
             if record_hash(record) != record.hash:
                 return AuditVerdict(len(records), f"record {record.seq} ({record.action}) was altered")
             expected_prev = record.hash
+            details = record.details
             if record.action in {"init-ca", "issue", "renew"}:
                 created.add(record.target_serial)
-                created.update(record.details.get("created_serials", []))
-        for kind, serial in [
-            *(("CA", s) for s in session.scalars(select(Authority.serial))),
-            *(("certificate", s) for s in session.scalars(select(Certificate.serial))),
-        ]:
-            if serial not in created:
-                return AuditVerdict(len(records), f"{kind} {serial} has no audit record: records were removed")
+                created.update(details.get("created_serials", []))
+            if record.action == "revoke" and record.target_serial:
+                revoked.add(record.target_serial)
+            revoked.update(details.get("revoked_serials", []))
+            if details.get("revoked_old"):
+                revoked.add(details["renews"])
+            crl_numbers.update(details.get("crl_numbers", []))
+        expectations: list[tuple[str, object, set[Any]]] = [
+            *((f"CA {s}", s, created) for s in session.scalars(select(Authority.serial))),
+            *((f"certificate {s}", s, created) for s in session.scalars(select(Certificate.serial))),
+            *((f"the revocation of {s}", s, revoked) for s in session.scalars(
+                select(Certificate.serial).join(Revocation, Revocation.certificate_id == Certificate.id))),
+            *((f"CRL number {n}", n, crl_numbers) for n in session.scalars(select(CrlPublication.number).distinct())),
+        ]
+        for what, key, recorded in expectations:
+            if key not in recorded:
+                return AuditVerdict(len(records), f"{what} has no audit record: records were removed")
     return AuditVerdict(len(records), None)

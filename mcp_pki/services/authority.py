@@ -72,8 +72,24 @@ def init_ca(home: Home, request: CaRequest, *, now: datetime) -> CreatedCa:
                 session, {row.id: issuer for row, issuer in signers}, now=now,
                 validity=policy.crl_validity, published_file=home.crl_file,
             )
+            audit.append_record(
+                session,
+                now=now,
+                action="init-ca",
+                target_serial=profiles.serial_hex(root.serial_number),
+                target_name=request.common_name,
+                details={
+                    "created_serials": [
+                        profiles.serial_hex(c.serial_number) for c in (root, issuing) if c
+                    ],
+                    "key_type": request.key_type.value,
+                    "single_tier": request.single_tier,
+                    "permitted_dns": list(request.permitted_dns),
+                    "key_encrypted": request.passphrase is not None,
+                    "crl_numbers": [c.number for c in crls],
+                },
+            )
             output.add(home.root_certificate_file, pem(root).encode("ascii"))
-
     except BaseException:
         output.abandon()
         raise
@@ -120,22 +136,6 @@ def _create_authorities(
         issuing.parent = root
         session.add(issuing)
         signers.append((issuing, profiles.Issuer(issuing_cert, issuing_key)))
-    audit.append_record(
-        session,
-        now=now,
-        action="init-ca",
-        target_serial=profiles.serial_hex(root_cert.serial_number),
-        target_name=request.common_name,
-        details={
-            "created_serials": [
-                profiles.serial_hex(c.serial_number) for c in (root_cert, issuing_cert) if c
-            ],
-            "key_type": request.key_type.value,
-            "single_tier": request.single_tier,
-            "permitted_dns": list(request.permitted_dns),
-            "key_encrypted": request.passphrase is not None,
-        },
-    )
     return root_cert, issuing_cert, signers
 
 

@@ -63,18 +63,30 @@ class OutputFiles:
         self._created_dirs.clear()
         self._files.clear()
 
-    def write(self) -> list[Path]:
-        """Write every file: all temporaries first, then the renames, then the folders' fsync."""
+    def write(self, *, replace: bool = True) -> list[Path]:
+        """Write every file: all temporaries first, then put them in place, then fsync the
+        folders. Without `replace`, a file that appeared meanwhile (another run writing to
+        the same folder) is never overwritten: hard links fail where renames would not."""
         staged: list[tuple[Path, Path]] = []
+        placed: list[Path] = []
         try:
             for path, data, mode in self._files:
                 staged.append((_write_temporary(path, data, mode), path))
             for temporary, path in staged:
-                os.replace(temporary, path)
+                if replace:
+                    os.replace(temporary, path)
+                else:
+                    os.link(temporary, path)
+                    temporary.unlink()
+                placed.append(path)
         except OSError as exc:
             for temporary, _ in staged:
                 temporary.unlink(missing_ok=True)
-            raise FilesNotWritten(f"cannot write {exc.filename or 'output'}: {exc.strerror}") from None
+            if not replace:
+                for path in placed:  # ours alone: created by the links above
+                    path.unlink(missing_ok=True)
+            reason = "it already exists" if isinstance(exc, FileExistsError) else exc.strerror
+            raise FilesNotWritten(f"cannot write {exc.filename2 or exc.filename or 'output'}: {reason}") from None
         for folder in {path.parent for _, path in staged}:
             _fsync_folder(folder)
         return [path for _, path in staged]

@@ -145,7 +145,7 @@ def issue_leaf(
         if superseded_crls:
             write_crl_file(home.crl_file, superseded_crls)
         try:
-            written = files.write()
+            written = files.write(replace=output.force)
         except FilesNotWritten as exc:
             raise FilesNotWritten(
                 f"certificate {leaf_facts.serial} is recorded but its files were not written ({exc}): "
@@ -156,6 +156,13 @@ def issue_leaf(
             engine.dispose()
 
     warnings = []
+    if output.force:
+        # Files of the replaced certificate that this one does not have (its key, when the
+        # new one came from a CSR; its bundle, without --p12) would pair with the wrong key.
+        for stale in (output.folder / "tls.key", output.folder / "tls.p12"):
+            if stale not in written and (stale.exists() or stale.is_symlink()):
+                stale.unlink()
+                warnings.append(f"removed {stale}, which belonged to the replaced certificate")
     if validity.capped_by:
         warnings.append(
             f"validity shortened to end {validity.not_after:%Y-%m-%d %H:%M} UTC by {validity.capped_by}"

@@ -124,21 +124,13 @@ def expiring_unreplaced(session: Session, *, now: datetime, within: timedelta) -
     ))
 
 
-def due_for_renewal(session: Session, *, now: datetime, within: timedelta) -> list[Certificate]:
-    """What ``renew --expiring-within`` renews: `expiring_unreplaced`, except that a
-    certificate living less than three windows waits until a third of its life is left (as
-    certbot does). Otherwise its renewal would be due at once, and a daily cron job would
-    renew it again every day."""
-    return [
-        c for c in expiring_unreplaced(session, now=now, within=within)
-        if c.not_after - c.not_before >= 3 * within or c.not_after - now <= (c.not_after - c.not_before) / 3
-    ]
-
-
 @dataclass(frozen=True, slots=True)
 class BulkResult:
     renewed: list[Renewal]
     failed: list[tuple[str, str, str]]  # serial, name, reason
+    # Renewed certificates that live no longer than the window: their renewals are due
+    # again at once, so the window suits them badly.
+    short_lived: list[str]
 
 
 def renew_expiring(
@@ -155,7 +147,7 @@ def renew_expiring(
     engine = open_inventory(home.db_url)
     try:
         with read_session(engine) as session, session.begin():
-            due = due_for_renewal(session, now=now, within=within)
+            due = expiring_unreplaced(session, now=now, within=within)
             planned = []
             folders: set[Path] = set()
             for old in due:
@@ -179,4 +171,5 @@ def renew_expiring(
             on_progress()
     finally:
         engine.dispose()
-    return BulkResult(renewed, failed)
+    short_lived = [c.name for c in due if c.not_after - c.not_before <= within]
+    return BulkResult(renewed, failed, short_lived)
