@@ -24,14 +24,14 @@ from mcp_pki.pki.crl import RevocationReason, authority_key_id, crl_number, load
 from mcp_pki.pki.keys import KeyType
 from mcp_pki.pki.names import SubjectAltNames
 from mcp_pki.pki.profiles import CertificateKind
-from mcp_pki.services.authority import CaRequest, init_ca
+from mcp_pki.services.authority import CaRequest, init_ca, unlock_all
 from mcp_pki.services.health import Level, check_health
 from mcp_pki.services.home import Home, resolve_home
 from mcp_pki.services.issuance import LeafRequest, OutputRequest, issue_leaf
 from mcp_pki.services.renewal import RenewOptions, renew_certificate, renew_expiring
 from mcp_pki.services.revocation import offboard, republish, revoke_certificate
 from mcp_pki.services.verification import VerificationFailed, verify_certificate
-from mcp_pki.store.db import open_inventory
+from mcp_pki.store.db import open_inventory, read_session
 from tests.conftest import (
     PASSPHRASE,
     VENV_BIN,
@@ -147,13 +147,15 @@ def issue_many(home: Home, names: list[str], *, out: Path, now: datetime, owner:
     """Client certificates through the service layer, one engine for all: name -> (serial, not_after)."""
     engine = open_inventory(home.db_url)
     issued = {}
+    with read_session(engine) as session, session.begin():
+        unlocked = unlock_all(session, passphrase, now=now)  # once: each unlock costs scrypt
     try:
         for index, name in enumerate(names):
             leaf = issue_leaf(
                 home,
                 LeafRequest(kind=CertificateKind.CLIENT, name=name, sans=SubjectAltNames(), owner=owner or name,
                             validity=validity(index)),
-                OutputRequest(out / name), passphrase=passphrase, now=now, engine=engine,
+                OutputRequest(out / name), passphrase=passphrase, now=now, engine=engine, unlocked=unlocked,
             )
             issued[name] = (leaf.facts.serial, leaf.facts.not_after)
     finally:

@@ -12,8 +12,8 @@ from mcp_pki.errors import Conflict, InvalidInput, PassphraseError, PkiError, Po
 from mcp_pki.pki import keys, profiles
 from mcp_pki.pki.csr import VerifiedRequest
 from mcp_pki.pki.names import SubjectAltNames
-from mcp_pki.pki.profiles import CertificateKind
-from mcp_pki.services.authority import PassphraseSource
+from mcp_pki.pki.profiles import CertificateKind, Issuer
+from mcp_pki.services.authority import PassphraseSource, unlock_all
 from mcp_pki.services.files import refuse_existing
 from mcp_pki.services.home import Home
 from mcp_pki.services.inventory import Status, resolve_ref, status_of
@@ -59,10 +59,11 @@ def renew_certificate(
 def _renew(
     home: Home, engine: Engine, old: Certificate, request: LeafRequest, output: OutputRequest,
     options: RenewOptions, passphrase: PassphraseSource, now: datetime,
+    unlocked: dict[int, Issuer] | None = None,
 ) -> Renewal:
     issued = issue_leaf(
         home, request, output, passphrase=passphrase, now=now, engine=engine,
-        supersedes=old.id if options.revoke_old else None,
+        supersedes=old.id if options.revoke_old else None, unlocked=unlocked,
     )
     return Renewal(old.serial, issued)
 
@@ -159,11 +160,18 @@ def renew_expiring(
                 planned.append((old, _renewal_request(old, options, now=now), OutputRequest(folder, force=force)))
         for _, request, output in planned:
             refuse_existing([output.folder / n for n in ("tls.crt", "tls.key", "ca.crt")], force=force)
+        unlocked = {}
+        if planned:
+            with read_session(engine) as session, session.begin():
+                unlocked = unlock_all(session, passphrase, now=now)
         on_start(len(planned))
         renewed, failed = [], []
         for old, request, output in planned:
             try:
-                renewed.append(_renew(home, engine, old, request, output, RenewOptions(revoke_old=revoke_old), passphrase, now))
+                renewed.append(_renew(
+                    home, engine, old, request, output, RenewOptions(revoke_old=revoke_old), passphrase, now,
+                    unlocked,
+                ))
             except PassphraseError:
                 raise  # the same for every certificate: stop at once
             except PkiError as exc:
