@@ -106,3 +106,24 @@ def test_concurrent_issuers_share_one_postgresql_inventory(postgres: str, mcp: C
     listed = json.loads(mcp.ok("list", "--json", env={"MCP_PKI_DB": url}).stdout)
     assert sorted(c["serial"] for c in listed) == sorted(serials)
     assert "7 records" in mcp.ok("audit", "verify", env={"MCP_PKI_DB": url}).stdout  # the chain held
+
+
+def test_concurrent_revocations_wait_for_each_other_on_postgresql(postgres: str, mcp: Cli) -> None:
+    url = _fresh_database(postgres, "revocations")
+    db_env = {"MCP_PKI_DB": url}
+    mcp.ok("init-ca", "--name", "Team", env=db_env)
+    names = [f"agent{i}" for i in range(5)]
+    for name in names:
+        mcp.ok("issue", "client", name, env=db_env)
+    env = {**os.environ, "MCP_PKI_HOME": str(mcp.home), "MCP_PKI_DB": url, "MCP_PKI_PASSPHRASE": PASSPHRASE}
+    processes = [
+        subprocess.Popen([str(VENV_BIN / "mcp-pki"), "revoke", name], cwd=mcp.cwd, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for name in names
+    ]
+    for process in processes:
+        _, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+    listed = json.loads(mcp.ok("list", "--status", "revoked", "--json", env=db_env).stdout)
+    assert sorted(c["name"] for c in listed) == names
+    mcp.ok("audit", "verify", env=db_env)
