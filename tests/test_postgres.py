@@ -54,7 +54,7 @@ def _serve(folder: Path, data: Path) -> Iterator[str]:
     try:
         deadline = time.monotonic() + 30
         while subprocess.run([str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
-                             capture_output=True).returncode != 0:
+                             check=False, capture_output=True).returncode != 0:
             assert server.poll() is None and time.monotonic() < deadline, "postgres did not start"
             time.sleep(0.1)
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
