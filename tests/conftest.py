@@ -120,7 +120,7 @@ def ca(mcp: Cli, tmp_path_factory: pytest.TempPathFactory) -> Cli:
 
 
 def openssl(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=60,
+    return subprocess.run(["openssl", *args], check=False, capture_output=True, text=True, timeout=60,
                           input=None if input is None else input.decode())
 
 
@@ -128,7 +128,7 @@ def pkilint_cert(path: Path) -> str:
     """pkilint's RFC 5280 findings of WARNING or worse; empty when clean."""
     result = subprocess.run(
         [str(VENV_BIN / "lint_pkix_cert"), "lint", "-s", "WARNING", str(path)],
-        capture_output=True, text=True, timeout=120,
+        check=False, capture_output=True, text=True, timeout=120,
     )
     if result.returncode and not result.stdout.strip():  # pkilint itself failed: never "clean"
         raise AssertionError(f"pkilint could not lint {path}: {result.stderr.strip()}")

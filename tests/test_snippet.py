@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -15,7 +16,15 @@ import pytest
 
 from tests.conftest import Cli, assert_clean_error
 from tests.test_tls_revocation import (
-    NGINX, SERVER_NAME, TIMEOUT, Nginx, _free_port, client_context, https_get, issue_client, issue_server,
+    NGINX,
+    SERVER_NAME,
+    TIMEOUT,
+    Nginx,
+    _free_port,
+    client_context,
+    https_get,
+    issue_client,
+    issue_server,
 )
 
 
@@ -55,7 +64,7 @@ def test_all_writes_every_target_of_the_kind_and_never_a_key(ca: Cli) -> None:
 class _EchoIdentity(BaseHTTPRequestHandler):
     """An upstream MCP server stand-in: echoes the identity headers nginx forwards."""
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         body = json.dumps({k: self.headers.get(k) for k in ("X-Client-Verify", "X-Client-DN")}).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -149,9 +158,7 @@ def test_server_env_block_runs_uvicorn_with_client_certificates_required(ca: Cli
         process.wait(TIMEOUT)
 
 
-def _anonymous_context(ca: Cli) -> "ssl.SSLContext":
-    import ssl
-
+def _anonymous_context(ca: Cli) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(ca.home / "ca.crt"))
 
 
