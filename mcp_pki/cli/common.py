@@ -74,6 +74,14 @@ def read_secret(
     return secret
 
 
+def read_file(path: str, what: str) -> bytes:
+    """An input file the user named, or one clean error saying why it cannot be read."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 

@@ -1,6 +1,5 @@
 """``mcp-pki status`` and ``verify``."""
 
-from pathlib import Path
 
 import click
 
@@ -11,6 +10,7 @@ from mcp_pki.cli.common import (
     now,
     parse_duration_option,
     pass_settings,
+    read_file,
     settings_of,
 )
 
@@ -72,14 +72,10 @@ def verify(settings: Settings, file: str, as_json: bool) -> None:
     Exit 0 when a server trusting our root and loading crl.pem would accept it;
     exit 1 with the reason (revoked, expired, unknown issuer, ...) otherwise.
     """
-    from mcp_pki.errors import InvalidInput
     from mcp_pki.services.authority import open_existing
     from mcp_pki.services.verification import VerificationFailed, verify_certificate
 
-    try:
-        data = Path(file).read_bytes()
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {file}: {exc.strerror}") from None
+    data = read_file(file, "certificate file")
     engine = open_existing(settings.home())
     try:
         verdict = verify_certificate(engine, data, now=now())

@@ -13,6 +13,7 @@ from mcp_pki.cli.common import (
     now,
     parse_duration_option,
     pass_settings,
+    read_file,
     read_secret,
 )
 
@@ -132,10 +133,7 @@ def export(
     if chosen is ExportFormat.P12:
         if key_file is None:
             raise InvalidInput("--format p12 needs the certificate's private key: pass --key FILE")
-        try:
-            key_pem = Path(key_file).read_bytes()
-        except OSError as exc:
-            raise InvalidInput(f"cannot read {key_file}: {exc.strerror}") from None
+        key_pem = read_file(key_file, "key")
         p12_passphrase = read_secret(
             file=None, env=P12_PASSPHRASE_ENV, prompt="PKCS#12 passphrase", confirm=True, what="the PKCS#12 bundle",
             hint=f"set {P12_PASSPHRASE_ENV} or run on a terminal",

@@ -14,6 +14,7 @@ from mcp_pki.cli.common import (
     iso,
     now,
     pass_settings,
+    read_file,
     read_secret,
     warn,
 )
@@ -103,12 +104,7 @@ def _issue(
         validate_name(owner)
     if csr_file and key_type:
         raise InvalidInput("--key-type cannot be used with --csr: the requester chose the key")
-    csr = None
-    if csr_file:
-        try:
-            csr = load_csr(Path(csr_file).read_bytes())
-        except OSError as exc:
-            raise InvalidInput(f"cannot read CSR {csr_file}: {exc.strerror}") from None
+    csr = load_csr(read_file(csr_file, "CSR")) if csr_file else None
     if p12_legacy and not p12:
         raise InvalidInput("--p12-legacy needs --p12")
     if p12 and csr_file:

@@ -14,6 +14,7 @@ from mcp_pki.cli.common import (
     now,
     parse_duration_option,
     pass_settings,
+    read_file,
     warn,
 )
 
@@ -65,18 +66,12 @@ def _renew_one(
     settings: Settings, ref: str, out_dir: str | None, validity: str | None, key_type: str | None,
     csr_file: str | None, revoke_old: bool, allow_expired: bool, force: bool, as_json: bool,
 ) -> None:
-    from mcp_pki.errors import InvalidInput
     from mcp_pki.pki.csr import load_csr
     from mcp_pki.pki.keys import parse_key_type
     from mcp_pki.services.issuance import OutputRequest
     from mcp_pki.services.renewal import RenewOptions, renew_certificate
 
-    csr = None
-    if csr_file:
-        try:
-            csr = load_csr(Path(csr_file).read_bytes())
-        except OSError as exc:
-            raise InvalidInput(f"cannot read CSR {csr_file}: {exc.strerror}") from None
+    csr = load_csr(read_file(csr_file, "CSR")) if csr_file else None
     options = RenewOptions(
         validity=parse_duration_option(validity), key_type=parse_key_type(key_type) if key_type else None,
         csr=csr, revoke_old=revoke_old, allow_expired=allow_expired,

@@ -98,22 +98,10 @@ def build_root_ca(
     permitted_dns: tuple[str, ...] = (),
 ) -> x509.Certificate:
     """A self-signed root. It carries name constraints only when it signs leaves itself."""
-    public_key = key.public_key()
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(public_key)
-        .serial_number(serial)
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        # Critical, as RFC 5280 requires for CAs and Python 3.13's strict mode checks.
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(_ca_key_usage(), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    builder = _ca_builder(
+        subject=subject, issuer_name=subject, public_key=key.public_key(), serial=serial,
+        not_before=not_before, not_after=not_after, path_length=None, permitted_dns=permitted_dns,
     )
-    if permitted_dns:
-        builder = builder.add_extension(_name_constraints(permitted_dns), critical=True)
     return builder.sign(key, signature_hash_for(key))
 
 
@@ -128,23 +116,41 @@ def build_issuing_ca(
     permitted_dns: tuple[str, ...] = (),
 ) -> x509.Certificate:
     """The intermediate that signs leaves: path length 0, so it can create no further CAs."""
+    builder = _ca_builder(
+        subject=subject, issuer_name=issuer.certificate.subject, public_key=public_key, serial=serial,
+        not_before=not_before, not_after=not_after, path_length=0, permitted_dns=permitted_dns,
+    ).add_extension(_authority_key_identifier(issuer.certificate), critical=False)
+    return builder.sign(issuer.key, signature_hash_for(issuer.key))
+
+
+def _ca_builder(
+    *,
+    subject: x509.Name,
+    issuer_name: x509.Name,
+    public_key: CertificatePublicKeyTypes,
+    serial: int,
+    not_before: datetime,
+    not_after: datetime,
+    path_length: int | None,
+    permitted_dns: tuple[str, ...],
+) -> x509.CertificateBuilder:
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
-        .issuer_name(issuer.certificate.subject)
+        .issuer_name(issuer_name)
         .public_key(public_key)
         .serial_number(serial)
         .not_valid_before(not_before)
         .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        # Critical, as RFC 5280 requires for CAs and Python 3.13's strict mode checks.
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(_ca_key_usage(), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(_authority_key_identifier(issuer.certificate), critical=False)
     )
     if permitted_dns:
         # RFC 5280 4.2.1.10: conforming CAs MUST mark name constraints critical.
         builder = builder.add_extension(_name_constraints(permitted_dns), critical=True)
-    return builder.sign(issuer.key, signature_hash_for(issuer.key))
+    return builder
 
 
 def build_leaf(
