@@ -434,3 +434,11 @@ def test_unpacked_wheel_runs_and_finds_its_migrations(wheel: Path, tmp_path: Pat
     upgrade = run("db", "upgrade")
     assert upgrade.returncode == 0, upgrade.stderr
     assert run("audit", "verify").returncode == 0
+    # The templates come from the wheel too (mcp_pki/templates), not from the checkout.
+    rendered = run("issue", "server", "files", "--dns", "files.example.com")
+    assert rendered.returncode == 0, rendered.stderr
+    snippet = run("snippet", "nginx", "files")
+    assert snippet.returncode == 0 and "ssl_verify_client       on;" in snippet.stdout, snippet.stderr
+    from mcp_pki.render import packaged_templates  # the checkout's view, for contrast
+
+    assert not packaged_templates().is_relative_to(site)
