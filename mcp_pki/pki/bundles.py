@@ -2,7 +2,6 @@
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import PrivateFormat, pkcs12
 
 from mcp_pki.errors import InvalidInput
@@ -44,10 +43,15 @@ def pkcs12_bytes(
     )
 
 
-def load_private_key(data: bytes) -> PrivateKeyTypes:
+def load_private_key(data: bytes) -> SigningKey:
+    """A leaf key the user holds (unencrypted PEM, as ``tls.key``), of a type we sign for."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
     try:
-        return load_pem_private_key(data, None)
+        key = load_pem_private_key(data, None)
     except (ValueError, TypeError):
         raise InvalidInput("not an unencrypted PEM private key") from None
+    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)):
+        raise InvalidInput("unsupported private key type: use ECDSA, Ed25519 or RSA")
+    return key

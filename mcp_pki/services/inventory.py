@@ -13,7 +13,6 @@ from sqlalchemy.orm import Session, contains_eager
 from mcp_pki.errors import Ambiguous, InvalidInput, NotFound
 from mcp_pki.pki.bundles import load_private_key, pkcs12_bytes
 from mcp_pki.pki.inspect import facts
-from mcp_pki.pki.keys import SigningKey
 from mcp_pki.store.db import read_session
 from mcp_pki.store.models import Authority, Certificate, Revocation
 
@@ -262,14 +261,7 @@ def export_certificate(
     if p12_passphrase is None:
         raise InvalidInput("a PKCS#12 bundle needs a passphrase")
     return pkcs12_bytes(
-        name=name, key=_issuer_key_type(key), certificate=certificate,
+        name=name, key=key, certificate=certificate,
         ca_certificates=[*intermediates, root], passphrase=p12_passphrase, legacy=p12_legacy,
     )
 
-
-def _issuer_key_type(key: object) -> SigningKey:
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-
-    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)):
-        raise InvalidInput("unsupported private key type")
-    return key
