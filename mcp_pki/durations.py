@@ -27,11 +27,3 @@ def parse_duration(text: str) -> timedelta:
         raise InvalidInput(f"invalid duration {text!r}: at most 100y")
     return duration
 
-
-def format_duration(delta: timedelta) -> str:
-    """The shortest exact spelling of `delta` in the units `parse_duration` reads."""
-    minutes = int(delta.total_seconds() // 60)
-    for unit, size in (("y", 525600), ("d", 1440), ("h", 60)):
-        if minutes % size == 0:
-            return f"{minutes // size}{unit}"
-    return f"{minutes}m"

@@ -5,12 +5,12 @@ import click
 from mcp_pki.cli.common import (
     Settings,
     emit_json,
-    iso,
     now,
     parse_duration_option,
     pass_settings,
     settings_of,
 )
+from mcp_pki.timestamps import iso_utc
 
 
 @click.group(invoke_without_command=True)
@@ -36,7 +36,7 @@ def audit(ctx: click.Context, since: str | None, as_json: bool) -> None:
         engine.dispose()
     if as_json:
         emit_json([
-            {"seq": r.seq, "at": iso(r.at), "operator": r.operator, "action": r.action,
+            {"seq": r.seq, "at": iso_utc(r.at), "operator": r.operator, "action": r.action,
              "target_serial": r.target_serial, "target_name": r.target_name, "outcome": r.outcome,
              "details": r.details, "hash": r.hash}
             for r in records

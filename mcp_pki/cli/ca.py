@@ -2,7 +2,8 @@
 
 import click
 
-from mcp_pki.cli.common import Settings, emit_json, iso, now, pass_settings, warn
+from mcp_pki.cli.common import Settings, emit_json, now, pass_settings, warn
+from mcp_pki.timestamps import iso_utc
 
 # Kept in step with mcp_pki.pki.keys.KeyType by a test; spelled out here so that --help
 # does not import cryptography.
@@ -64,7 +65,7 @@ def init_ca(
             "root_file": str(created.root_file),
             "authorities": [
                 {"role": role, "subject": c.subject.rfc4514_string(), "serial": format(c.serial_number, "x"),
-                 "not_after": iso(c.not_valid_after_utc)}
+                 "not_after": iso_utc(c.not_valid_after_utc)}
                 for role, c in certificates
             ],
         })

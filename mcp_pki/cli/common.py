@@ -103,9 +103,6 @@ def settings_of(ctx: click.Context) -> Settings:
 pass_settings: Callable[..., Any] = click.make_pass_decorator(Settings)
 
 
-def iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
-
 
 def parse_duration_option(value: str | None) -> Any:
     from mcp_pki.durations import parse_duration

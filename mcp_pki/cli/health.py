@@ -6,13 +6,13 @@ import click
 from mcp_pki.cli.common import (
     Settings,
     emit_json,
-    iso,
     now,
     parse_duration_option,
     pass_settings,
     read_file,
     settings_of,
 )
+from mcp_pki.timestamps import iso_utc
 
 
 @click.command()
@@ -45,8 +45,8 @@ def status(ctx: click.Context, warn_within: str, as_json: bool) -> None:
             "findings": [{"level": f.level.name.lower(), "message": f.message} for f in report.findings],
             "counts": report.counts,
             "authorities": [
-                {"role": a.role, "subject": a.subject, "not_after": iso(a.not_after), "crl_number": a.crl_number,
-                 "crl_next_update": iso(a.crl_next_update) if a.crl_next_update else None}
+                {"role": a.role, "subject": a.subject, "not_after": iso_utc(a.not_after), "crl_number": a.crl_number,
+                 "crl_next_update": iso_utc(a.crl_next_update) if a.crl_next_update else None}
                 for a in report.authorities
             ],
             "expiring": [c.as_json() for c in report.expiring],
@@ -85,7 +85,7 @@ def verify(settings: Settings, file: str, as_json: bool) -> None:
         engine.dispose()
     leaf = verdict.leaf
     if as_json:
-        emit_json({"ok": True, "serial": leaf.serial, "subject": leaf.subject, "not_after": iso(leaf.not_after),
+        emit_json({"ok": True, "serial": leaf.serial, "subject": leaf.subject, "not_after": iso_utc(leaf.not_after),
                    "chain": verdict.chain, "crl_numbers": verdict.crl_numbers})
         return
     click.echo(f"OK: {leaf.subject} ({leaf.serial}) valid until {leaf.not_after:%Y-%m-%d %H:%M} UTC, "

@@ -9,7 +9,6 @@ from mcp_pki.cli.common import (
     P12_PASSPHRASE_ENV,
     Settings,
     emit_json,
-    iso,
     now,
     parse_duration_option,
     pass_settings,
@@ -151,6 +150,3 @@ def export(
         return
     write_atomically(Path(out_file), data, mode=PRIVATE if chosen is ExportFormat.P12 else PUBLIC, force=force)
     click.echo(f"wrote {out_file}", err=True)
-
-
-__all__ = ["export", "iso", "list_command", "show"]

@@ -11,13 +11,13 @@ from mcp_pki.cli.common import (
     P12_PASSPHRASE_ENV,
     Settings,
     emit_json,
-    iso,
     now,
     pass_settings,
     read_file,
     read_secret,
     warn,
 )
+from mcp_pki.timestamps import iso_utc
 
 
 @click.group()
@@ -132,7 +132,7 @@ def _issue(
         emit_json({
             "serial": leaf.serial, "name": issued.name, "kind": issued.kind.value, "owner": issued.owner,
             "subject": leaf.subject, "sans": list(leaf.sans), "roles": list(leaf.roles),
-            "not_before": iso(leaf.not_before), "not_after": iso(leaf.not_after),
+            "not_before": iso_utc(leaf.not_before), "not_after": iso_utc(leaf.not_after),
             "sha256_fingerprint": leaf.sha256_fingerprint, "files": [str(p) for p in issued.files],
         })
         return

@@ -10,13 +10,13 @@ from mcp_pki.cli.ca import KEY_TYPES
 from mcp_pki.cli.common import (
     Settings,
     emit_json,
-    iso,
     now,
     parse_duration_option,
     pass_settings,
     read_file,
     warn,
 )
+from mcp_pki.timestamps import iso_utc
 
 
 @click.command()
@@ -140,6 +140,6 @@ def _renewal_json(renewal: Any) -> dict[str, object]:
     leaf = renewal.issued.facts
     return {
         "old_serial": renewal.old_serial, "serial": leaf.serial, "name": renewal.issued.name,
-        "kind": renewal.issued.kind.value, "not_after": iso(leaf.not_after),
+        "kind": renewal.issued.kind.value, "not_after": iso_utc(leaf.not_after),
         "files": [str(p) for p in renewal.issued.files],
     }

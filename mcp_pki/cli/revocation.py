@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from mcp_pki.cli.common import Settings, emit_json, iso, now, parse_duration_option, pass_settings
+from mcp_pki.cli.common import Settings, emit_json, now, parse_duration_option, pass_settings
+from mcp_pki.timestamps import iso_utc
 
 if TYPE_CHECKING:
     from mcp_pki.services.revocation import RevocationResult
@@ -88,13 +89,13 @@ def _report(result: "RevocationResult", as_json: bool) -> None:
     if as_json:
         emit_json({
             "revoked": [
-                {"serial": r.serial, "name": r.name, "kind": r.kind, "revoked_at": iso(r.revoked_at),
+                {"serial": r.serial, "name": r.name, "kind": r.kind, "revoked_at": iso_utc(r.revoked_at),
                  "reason": r.reason.value if r.reason else "unspecified"}
                 for r in result.revoked
             ],
             "crls": [
-                {"ca": c.subject, "role": c.role, "number": c.number, "this_update": iso(c.this_update),
-                 "next_update": iso(c.next_update), "entries": c.entries}
+                {"ca": c.subject, "role": c.role, "number": c.number, "this_update": iso_utc(c.this_update),
+                 "next_update": iso_utc(c.next_update), "entries": c.entries}
                 for c in result.crls
             ],
             "files": [str(p) for p in result.files],

@@ -62,6 +62,11 @@ def load_pem_certificates(data: bytes) -> list[x509.Certificate]:
         raise InvalidInput("not a certificate: expected PEM or DER X.509") from None
 
 
+def from_pem(text: str) -> x509.Certificate:
+    """A certificate as the inventory stores it (PEM text)."""
+    return x509.load_pem_x509_certificate(text.encode("ascii"))
+
+
 def pem(certificate: x509.Certificate) -> str:
     return certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
 

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from mcp_pki.errors import Conflict, InvalidInput, InventoryError, PassphraseError, PolicyViolation
 from mcp_pki.pki import keys, profiles
-from mcp_pki.pki.inspect import pem
+from mcp_pki.pki.inspect import from_pem, pem
 from mcp_pki.pki.names import validate_dns_suffix
 from mcp_pki.services import audit
 from mcp_pki.services.crls import publish_crls, write_crl_file
@@ -201,7 +201,7 @@ def unlock(authority: Authority, passphrase: PassphraseSource, *, now: datetime)
         )
     secret = passphrase() if authority.key_encrypted else None
     key = keys.decrypt_private_key(authority.encrypted_key_pem, secret)
-    certificate = x509.load_pem_x509_certificate(authority.certificate_pem.encode("ascii"))
+    certificate = from_pem(authority.certificate_pem)
     return profiles.Issuer(certificate, key)
 
 

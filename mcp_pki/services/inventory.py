@@ -5,16 +5,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import Engine, Select, func, select
 from sqlalchemy.orm import Session, contains_eager
 
 from mcp_pki.errors import Ambiguous, InvalidInput, NotFound
 from mcp_pki.pki.bundles import load_private_key, pkcs12_bytes
-from mcp_pki.pki.inspect import facts
+from mcp_pki.pki.inspect import facts, from_pem
 from mcp_pki.store.db import read_session
 from mcp_pki.store.models import Authority, Certificate, Revocation
+from mcp_pki.timestamps import iso_utc
 
 _SERIAL_PREFIX = re.compile(r"[0-9a-f]{8,40}")
 MIN_SERIAL_PREFIX = 8
@@ -122,16 +122,22 @@ class CertificateView:
 
 
 def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+    return None if moment is None else iso_utc(moment)
+
+
+def issuer_chain(session: Session, authority_id: int) -> list[Authority]:
+    """A certificate's issuer and the CAs above it, the root last."""
+    chain, authority = [], session.get(Authority, authority_id)
+    while authority is not None:
+        chain.append(authority)
+        authority = authority.parent
+    return chain
 
 
 def view(session: Session, certificate: Certificate, *, now: datetime) -> CertificateView:
-    cert = x509.load_pem_x509_certificate(certificate.certificate_pem.encode("ascii"))
+    cert = from_pem(certificate.certificate_pem)
     leaf = facts(cert)
-    chain, authority = [], session.get(Authority, certificate.issuer_id)
-    while authority is not None:
-        chain.append(authority.subject)
-        authority = authority.parent
+    chain = [a.subject for a in issuer_chain(session, certificate.issuer_id)]
     renews = session.get(Certificate, certificate.renews_id) if certificate.renews_id else None
     revocation = certificate.revocation
     return CertificateView(
@@ -240,11 +246,8 @@ def export_certificate(
     PKCS#12 bundle with the private key the user supplies (we never keep leaf keys)."""
     with read_session(engine) as session, session.begin():
         row = resolve_ref(session, ref, now=now)
-        certificate = x509.load_pem_x509_certificate(row.certificate_pem.encode("ascii"))
-        authorities, authority = [], session.get(Authority, row.issuer_id)
-        while authority is not None:
-            authorities.append(x509.load_pem_x509_certificate(authority.certificate_pem.encode("ascii")))
-            authority = authority.parent
+        certificate = from_pem(row.certificate_pem)
+        authorities = [from_pem(a.certificate_pem) for a in issuer_chain(session, row.issuer_id)]
         name = row.name
     intermediates, root = authorities[:-1], authorities[-1]
     if export_format is ExportFormat.PEM:

@@ -13,7 +13,7 @@ from mcp_pki.pki import keys, profiles
 from mcp_pki.pki.bundles import pkcs12_bytes
 from mcp_pki.pki.crl import RevocationReason
 from mcp_pki.pki.csr import VerifiedRequest
-from mcp_pki.pki.inspect import CertificateFacts, facts, pem
+from mcp_pki.pki.inspect import CertificateFacts, facts, from_pem, pem
 from mcp_pki.pki.names import SubjectAltNames, check_permitted_dns
 from mcp_pki.pki.profiles import CertificateKind
 from mcp_pki.services import audit
@@ -103,7 +103,7 @@ def issue_leaf(
             validity=validity,
         )
         leaf_facts = facts(certificate)
-        intermediates = [_load(a.certificate_pem) for a in chain.intermediates()]
+        intermediates = [from_pem(a.certificate_pem) for a in chain.intermediates()]
         root_pem = chain.root.certificate_pem
 
         # Everything the files hold is computed before the transaction, so that nothing but
@@ -117,7 +117,7 @@ def issue_leaf(
             if output.p12_passphrase is not None:
                 bundle = pkcs12_bytes(
                     name=request.name, key=private_key, certificate=certificate,
-                    ca_certificates=[*intermediates, _load(root_pem)],
+                    ca_certificates=[*intermediates, from_pem(root_pem)],
                     passphrase=output.p12_passphrase, legacy=output.p12_legacy,
                 )
                 files.add(paths["tls.p12"], bundle, mode=PRIVATE)
@@ -248,5 +248,3 @@ def _approved(request: LeafRequest) -> set[str]:
     return labels | {request.name}
 
 
-def _load(certificate_pem: str) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(certificate_pem.encode("ascii"))

@@ -8,6 +8,7 @@ from mcp_pki.render import TARGETS, CertificateView, Target, find_target, render
 from mcp_pki.services.home import Home
 from mcp_pki.services.inventory import resolve_ref
 from mcp_pki.store.db import open_inventory, read_session
+from mcp_pki.timestamps import iso_utc
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +36,7 @@ def render_snippets(
                 dns_names=tuple(s[4:] for s in certificate.sans if s.startswith("DNS:")),
                 ip_addresses=tuple(s[3:] for s in certificate.sans if s.startswith("IP:")),
                 roles=tuple(certificate.roles),
-                not_after=certificate.not_after.isoformat().replace("+00:00", "Z"),
+                not_after=iso_utc(certificate.not_after),
                 cert_file=str(base / "tls.crt"), key_file=str(base / "tls.key"),
                 ca_file=str(base / "ca.crt"), crl_file=str(base / "crl.pem"),
             )

@@ -10,7 +10,7 @@ from sqlalchemy import Engine, select
 
 from mcp_pki.errors import PkiError
 from mcp_pki.pki.crl import RevocationReason, crl_number
-from mcp_pki.pki.inspect import CertificateFacts, facts, load_pem_certificates
+from mcp_pki.pki.inspect import CertificateFacts, facts, from_pem, load_pem_certificates
 from mcp_pki.pki.profiles import serial_hex
 from mcp_pki.store.db import read_session
 from mcp_pki.store.models import Authority, Certificate, CrlPublication
@@ -62,7 +62,7 @@ def verify_certificate(engine: Engine, data: bytes, *, now: datetime) -> Verdict
                 Certificate.serial == serial, Certificate.issuer_id == issuer.authority_id
             )
         )
-    if stored is None or x509.load_pem_x509_certificate(stored.encode("ascii")) != leaf:
+    if stored is None or from_pem(stored) != leaf:
         raise VerificationFailed(f"serial {serial} is signed by our CA but missing from the inventory")
     return Verdict(facts(leaf), chain, crl_numbers)
 
@@ -80,7 +80,7 @@ def _load_cas(engine: Engine) -> dict[int, _Ca]:
         }
     return {
         a.id: _Ca(
-            a.id, a.parent_id, x509.load_pem_x509_certificate(a.certificate_pem.encode("ascii")),
+            a.id, a.parent_id, from_pem(a.certificate_pem),
             x509.load_pem_x509_crl(crls[a.id].encode("ascii")) if a.id in crls else None,
         )
         for a in authorities
