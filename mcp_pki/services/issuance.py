@@ -125,7 +125,7 @@ def issue_leaf(
         try:
             files.prepare(output.folder)
             with write_session(engine) as session, session.begin():
-                session.add(_certificate_row(request, certificate, leaf_facts, chain.signer.id, now))
+                session.add(_certificate_row(request, certificate, leaf_facts, chain.signer.id, output.folder, now))
                 details: dict[str, object] = {
                     "kind": request.kind.value, "sans": list(leaf_facts.sans),
                     "roles": list(request.roles), "not_after": leaf_facts.not_after.isoformat(),
@@ -216,7 +216,8 @@ def _output_paths(request: LeafRequest, output: OutputRequest) -> dict[str, Path
 
 
 def _certificate_row(
-    request: LeafRequest, certificate: x509.Certificate, leaf: CertificateFacts, issuer_id: int, now: datetime
+    request: LeafRequest, certificate: x509.Certificate, leaf: CertificateFacts, issuer_id: int,
+    folder: Path, now: datetime,
 ) -> Certificate:
     return Certificate(
         issuer_id=issuer_id,
@@ -235,6 +236,7 @@ def _certificate_row(
         sha256_fingerprint=leaf.sha256_fingerprint,
         renews_id=request.renews_id,
         created_at=now,
+        files_dir=str(folder.absolute()),
     )
 
 

@@ -102,6 +102,8 @@ class Certificate(Base):
     sha256_fingerprint: Mapped[str] = mapped_column(String(95))
     renews_id: Mapped[int | None] = mapped_column(ForeignKey("certificates.id"))
     created_at: Mapped[datetime]
+    # The absolute folder `issue`/`renew` wrote tls.crt (and tls.key) into; None before 0002.
+    files_dir: Mapped[str | None] = mapped_column(Text)
 
     issuer: Mapped[Authority] = relationship()
     revocation: Mapped["Revocation | None"] = relationship(back_populates="certificate")
