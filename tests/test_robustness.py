@@ -442,3 +442,31 @@ def test_unpacked_wheel_runs_and_finds_its_migrations(wheel: Path, tmp_path: Pat
     from mcp_pki.render import packaged_templates  # the checkout's view, for contrast
 
     assert not packaged_templates().is_relative_to(site)
+
+
+def test_an_inventory_from_before_0002_is_upgraded_in_place(ca: Cli) -> None:
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from mcp_pki.store.migrate import _config
+
+    ca.ok("issue", "client", "alice")
+    engine = create_engine(f"sqlite:///{ca.db}")
+    try:
+        config = _config()
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0001")
+    finally:
+        engine.dispose()
+    with sqlite3.connect(ca.db) as connection:
+        columns = [row[1] for row in connection.execute("PRAGMA table_info(certificates)")]
+    assert "files_dir" not in columns
+    counts = table_counts(ca.db)
+    listed = json.loads(ca.ok("list", "--json").stdout)  # any command migrates first
+    assert [c["name"] for c in listed] == ["alice"]
+    assert table_counts(ca.db) == counts
+    with sqlite3.connect(ca.db) as connection:
+        assert connection.execute("SELECT files_dir FROM certificates").fetchall() == [(None,)]
+        assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002",)]
+    ca.ok("audit", "verify")

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -13,8 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.conftest import Cli, assert_clean_error
+from tests.conftest import Cli, Snapshot, assert_clean_error
 from tests.test_tls_revocation import (
     NGINX,
     SERVER_NAME,
@@ -27,38 +29,197 @@ from tests.test_tls_revocation import (
     issue_server,
 )
 
+TARGET_NAMES = [
+    "server-env", "uvicorn-env", "python-server", "python-client", "node-client", "curl",
+    "nginx", "envoy", "caddy", "k8s", "crl-refresh",
+]
+URL = "https://srv.example.com:8443/mcp"
+# What each target needs to render: the required variables, nothing else.
+REQUIRED = {"server-env": ["--var", "command=python3"], "python-client": ["--var", f"url={URL}"],
+            "node-client": ["--var", f"url={URL}"], "curl": ["--var", f"url={URL}"]}
 
-def test_list_prints_one_target_per_line_name_first(ca: Cli) -> None:
+
+def test_list_prints_each_target_its_kinds_and_what_it_needs(ca: Cli) -> None:
     lines = ca.ok("snippet", "--list").stdout.splitlines()
-    assert [line.split("\t")[0] for line in lines] == ["server-env", "nginx"]
+    assert [line.split()[0] for line in lines] == TARGET_NAMES
+    by_name = {line.split()[0]: line.split()[1] for line in lines}
+    assert by_name["nginx"] == "server" and by_name["python-client"] == "client"
+    assert by_name["k8s"] == "server/client"
+    assert "[needs --var url]" in next(line for line in lines if line.startswith("curl "))
 
 
-def test_unknown_target_variable_or_kind_is_a_clean_error(ca: Cli) -> None:
+def _syntax_check(target: str, text: str, tmp_path: Path) -> None:
+    """Each output parses as what it claims to be."""
+    if target in ("server-env",):
+        json.loads(text)
+    elif target in ("envoy", "k8s"):
+        assert yaml.safe_load(text)
+    elif target in ("python-server", "python-client"):
+        compile(text, target, "exec")
+    elif target in ("uvicorn-env", "curl", "crl-refresh"):
+        script = tmp_path / f"{target}.sh"
+        script.write_text(text)
+        subprocess.run(["sh", "-n", str(script)], check=True, timeout=30)
+    elif target == "node-client":
+        script = tmp_path / "client.mjs"
+        script.write_text(text)
+        subprocess.run(["node", "--check", str(script)], check=True, timeout=30)
+    elif target == "nginx":
+        _nginx_accepts(text, tmp_path)
+    elif target == "caddy":
+        _caddy_accepts(text, tmp_path)
+    else:
+        raise AssertionError(f"no syntax check for {target}")
+
+
+def _nginx_accepts(server_block: str, tmp_path: Path) -> None:
+    if not os.access(NGINX, os.X_OK):
+        pytest.skip(f"{NGINX} is absent: .ci/run installs Debian's nginx package")
+    prefix = tmp_path / "nginx-t"
+    prefix.mkdir(exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(
+        f"pid {prefix}/nginx.pid; error_log {prefix}/error.log;\nevents {{}}\n"
+        f"http {{\n{server_block}\n}}\n"
+    )
+    test = subprocess.run([NGINX, "-t", "-c", str(conf), "-p", str(prefix), "-e", str(prefix / "error.log")],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert test.returncode == 0, test.stderr
+
+
+def _caddy_accepts(caddyfile: str, tmp_path: Path) -> None:
+    caddy = shutil.which("caddy")
+    if caddy is None:
+        pytest.skip("caddy is absent: .ci/run installs Debian's caddy package")
+    path = tmp_path / "Caddyfile"
+    path.write_text(caddyfile)
+    check = subprocess.run([caddy, "validate", "--config", str(path), "--adapter", "caddyfile"],
+                           capture_output=True, text=True, timeout=60, check=False,
+                           env={**os.environ, "XDG_DATA_HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)})
+    assert check.returncode == 0, check.stderr
+
+
+@pytest.mark.parametrize("target", TARGET_NAMES)
+def test_every_target_renders_for_each_kind_it_accepts_and_parses(ca: Cli, tmp_path: Path, target: str) -> None:
     issue_server(ca)
     issue_client(ca, "alice")
-    assert_clean_error(ca("snippet", "bogus", "srv"), "unknown snippet target")
-    assert_clean_error(ca("snippet", "nginx", "srv", "--var", "colour=red"), "no variable colour")
-    assert_clean_error(ca("snippet", "nginx", "srv", "--var", "port"), "invalid --var")
-    assert_clean_error(ca("snippet", "nginx", "alice"), "for server certificates")
-    assert_clean_error(ca("snippet", "--all", "srv"), "--out")
+    kinds = {line.split()[0]: line.split()[1].split("/") for line in ca.ok("snippet", "--list").stdout.splitlines()}
+    for kind, ref in (("server", "srv"), ("client", "alice")):
+        if kind not in kinds[target]:
+            assert_clean_error(ca("snippet", target, ref, *REQUIRED.get(target, [])), f"for {kinds[target][0]} certificates")
+            continue
+        result = ca.ok("snippet", target, ref, *REQUIRED.get(target, []))
+        assert result.stdout.strip(), target
+        assert result.stderr.startswith(f"# {target}: "), result.stderr  # where it goes, off stdout
+        _syntax_check(target, result.stdout, tmp_path)
+
+
+def test_no_output_holds_a_private_key(ca: Cli, tmp_path: Path) -> None:
+    srv, alice = issue_server(ca), issue_client(ca, "alice")
+    bodies = [(folder / "tls.key").read_text().splitlines()[1] for folder in (srv, alice)]
+    ca.ok("snippet", "--all", "srv", "--var", "command=python3", "--out", "srv-config")
+    ca.ok("snippet", "--all", "alice", "--var", f"url={URL}", "--out", "alice-config")
+    for path in [*(ca.cwd / "srv-config").iterdir(), *(ca.cwd / "alice-config").iterdir()]:
+        text = path.read_text()
+        assert "PRIVATE KEY-----" not in text and not any(body in text for body in bodies), path
+
+
+def test_files_default_to_where_issue_wrote_them_and_dir_moves_them(ca: Cli, tmp_path: Path) -> None:
+    ca.ok("issue", "server", "srv", "--dns", SERVER_NAME, "--out", "certs/srv")
+    env = json.loads(ca.ok("snippet", "server-env", "srv", "--var", "command=srv", "--var", "args=--stdio 'a b'").stdout)
+    entry = env["mcpServers"]["srv"]
+    assert entry["command"] == "srv" and entry["args"] == ["--stdio", "a b"]
+    assert entry["env"] == {
+        "TLS_CERT": str(ca.cwd / "certs/srv/tls.crt"), "TLS_KEY": str(ca.cwd / "certs/srv/tls.key"),
+        "TLS_CA": str(ca.cwd / "certs/srv/ca.crt"), "TLS_REQUIRE_CLIENT_CERT": "true",
+        "TLS_CRL": str(ca.home / "crl.pem"),  # on the CA's machine: the CRL it publishes
+    }
+    moved = json.loads(ca.ok("snippet", "server-env", "srv", "--var", "command=srv", "--dir", "/etc/mcp/srv").stdout)
+    assert moved["mcpServers"]["srv"]["env"]["TLS_KEY"] == "/etc/mcp/srv/tls.key"
+    assert moved["mcpServers"]["srv"]["env"]["TLS_CRL"] == "/etc/mcp/srv/crl.pem"
+
+
+def test_bad_targets_variables_and_kinds_are_clean_errors(ca: Cli) -> None:
+    issue_server(ca)
+    issue_client(ca, "alice")
+    snapshot = Snapshot(ca)
+    assert_clean_error(ca("snippet", "bogus", "srv"), "unknown snippet target 'bogus'")
+    assert_clean_error(ca("snippet", "nginx", "srv", "--var", "colour=red"), "nginx has no variable colour")
+    assert_clean_error(ca("snippet", "nginx", "srv", "--var", "port"), "invalid --var 'port'")
+    assert_clean_error(ca("snippet", "nginx", "srv", "--var", "port=1", "--var", "port=2"), "--var port given twice")
+    assert_clean_error(ca("snippet", "nginx", "alice"), "nginx is for server certificates, not client")
+    assert_clean_error(ca("snippet", "python-client", "alice"), "python-client needs --var url=...")
+    assert_clean_error(ca("snippet", "server-env", "srv"), "server-env needs --var command=...")
+    assert_clean_error(ca("snippet", "envoy", "srv", "--var", "upstream=ftp://x"), "not an http(s) URL")
+    assert_clean_error(ca("snippet", "server-env", "srv", "--var", "command=x", "--var", "args='open"),
+                       "cannot split")
+    assert_clean_error(ca("snippet", "--all", "srv"), "--all needs --out DIR")
+    assert_clean_error(ca("snippet", "--all", "srv", "--out", "x"), "missing --var command=...")
+    assert_clean_error(ca("snippet", "--all", "alice", "--out", "x"), "missing --var url=...")
+    assert_clean_error(ca("snippet", "--all", "alice", "--out", "x", "--var", f"url={URL}", "--var", "port=1"),
+                       "no client target has variable port")
+    assert_clean_error(ca("snippet", "nginx", "nobody"), "no certificate matches 'nobody'")
+    assert_clean_error(ca("snippet", "nginx"), "give TARGET and REF")
+    snapshot.assert_unchanged()
 
 
 def test_user_template_overrides_the_packaged_one(ca: Cli) -> None:
     issue_server(ca)
     (ca.home / "templates").mkdir()
-    (ca.home / "templates" / "server-env.sh.j2").write_text("CERT={{ cert.cert_file }} {{ cert.name }}\n")
-    assert ca.ok("snippet", "server-env", "srv", "--dir", "/srv/x").stdout == "CERT=/srv/x/tls.crt srv\n"
+    (ca.home / "templates" / "uvicorn-env.sh.j2").write_text("CERT={{ cert.cert_file }} {{ cert.name }}\n")
+    assert ca.ok("snippet", "uvicorn-env", "srv", "--dir", "/srv/x").stdout == "CERT=/srv/x/tls.crt srv\n"
 
 
-def test_all_writes_every_target_of_the_kind_and_never_a_key(ca: Cli) -> None:
-    srv = issue_server(ca)
-    ca.ok("snippet", "--all", "srv", "--out", "config")
-    written = sorted(p.name for p in (ca.cwd / "config").iterdir())
-    assert written == ["nginx.conf", "server-env.sh"]
-    key_body = (srv / "tls.key").read_text().splitlines()[1]
-    for path in (ca.cwd / "config").iterdir():
-        assert key_body not in path.read_text()
-    assert_clean_error(ca("snippet", "--all", "srv", "--out", "config"), "already exists")
+def test_a_broken_override_is_a_clean_error_naming_the_template(ca: Cli) -> None:
+    issue_server(ca)
+    (ca.home / "templates").mkdir()
+    overrides = ca.home / "templates"
+    (overrides / "nginx.conf.j2").write_text("listen {{ var.nonesuch }};\n")
+    assert_clean_error(ca("snippet", "nginx", "srv"), "template nginx.conf.j2 failed")
+    (overrides / "server-env.json.j2").write_text("{not json {{ cert.name }}\n")
+    assert_clean_error(ca("snippet", "server-env", "srv", "--var", "command=x"),
+                       "template server-env.json.j2 rendered invalid json")
+    (overrides / "python-server.py.j2").write_text("def broken(:\n")
+    assert_clean_error(ca("snippet", "python-server", "srv"), "rendered invalid python")
+    (overrides / "envoy.yaml.j2").write_text("a: [unclosed\n")
+    assert_clean_error(ca("snippet", "envoy", "srv"), "rendered invalid yaml")
+    (overrides / "uvicorn-env.sh.j2").write_text("{{ cert.private_key }}\n")  # the view has no key
+    assert_clean_error(ca("snippet", "uvicorn-env", "srv"), "private_key")
+
+
+def test_all_writes_every_target_of_the_kind_and_a_readme(ca: Cli) -> None:
+    issue_server(ca)
+    issue_client(ca, "alice")
+    ca.ok("snippet", "--all", "srv", "--var", "command=python3", "--var", "port=9443", "--out", "srv-config")
+    server_files = sorted(p.name for p in (ca.cwd / "srv-config").iterdir())
+    assert server_files == sorted([
+        "README.md", "server-env.json", "uvicorn-env.sh", "python-server.py", "nginx.conf", "envoy.yaml",
+        "Caddyfile", "kustomization.yaml", "crl-refresh.sh",
+    ])
+    assert "listen 9443 ssl;" in (ca.cwd / "srv-config/nginx.conf").read_text()  # each takes what it knows
+    readme = (ca.cwd / "srv-config/README.md").read_text()
+    for name in set(server_files) - {"README.md"}:
+        assert f"`{name}`" in readme
+    assert str(ca.cwd / "srv" / "tls.key") in readme
+    assert os.access(ca.cwd / "srv-config/crl-refresh.sh", os.X_OK)
+    ca.ok("snippet", "--all", "alice", "--var", f"url={URL}", "--out", "alice-config")
+    client_files = sorted(p.name for p in (ca.cwd / "alice-config").iterdir())
+    assert client_files == sorted(["README.md", "python-client.py", "node-client.mjs", "curl.sh",
+                                   "kustomization.yaml"])
+    snapshot = Snapshot(ca)
+    assert_clean_error(ca("snippet", "--all", "alice", "--var", f"url={URL}", "--out", "alice-config"),
+                       "already exists")
+    snapshot.assert_unchanged()
+    ca.ok("snippet", "--all", "alice", "--var", f"url={URL}x", "--out", "alice-config", "--force")
+    assert f"{URL}x" in (ca.cwd / "alice-config/curl.sh").read_text()
+
+
+def test_certificates_from_before_the_files_folder_was_recorded_need_dir(ca: Cli) -> None:
+    issue_server(ca)
+    with sqlite3.connect(ca.db) as connection:
+        connection.execute("UPDATE certificates SET files_dir = NULL")
+    assert_clean_error(ca("snippet", "nginx", "srv"), "give --dir DIR")
+    assert "/etc/x/tls.crt" in ca.ok("snippet", "nginx", "srv", "--dir", "/etc/x").stdout
 
 
 class _EchoIdentity(BaseHTTPRequestHandler):
@@ -96,8 +257,8 @@ class RenderedNginx(Nginx):
 
     def _write_conf(self) -> None:
         block = self.ca.ok(
-            "snippet", "nginx", "srv", "--dir", str(self.srv),
-            "--var", f"port=127.0.0.1:{self.port}", "--var", f"upstream=http://127.0.0.1:{self.upstream}",
+            "snippet", "nginx", "srv", "--dir", str(self.srv), "--var", "bind=127.0.0.1",
+            "--var", f"port={self.port}", "--var", f"upstream=http://127.0.0.1:{self.upstream}",
         ).stdout
         super()._write_conf()
         text = self.conf.read_text()
@@ -121,13 +282,13 @@ def test_rendered_nginx_front_forwards_the_verified_client(ca: Cli, tmp_path: Pa
         server.stop()
 
 
-def test_server_env_block_runs_uvicorn_with_client_certificates_required(ca: Cli, tmp_path: Path) -> None:
+def test_uvicorn_env_block_runs_uvicorn_with_client_certificates_required(ca: Cli, tmp_path: Path) -> None:
     srv = issue_server(ca)
     alice = issue_client(ca, "alice")
     spaced = tmp_path / "certs with space"
     shutil.copytree(srv, spaced)
     env_file = tmp_path / "server-env.sh"
-    env_file.write_text(ca.ok("snippet", "server-env", "srv", "--dir", str(spaced)).stdout)
+    env_file.write_text(ca.ok("snippet", "uvicorn-env", "srv", "--dir", str(spaced)).stdout)
     # What an operator does: source the block in a shell, then start uvicorn from it.
     dump = subprocess.run(["sh", "-c", f". '{env_file}' && env -0"], capture_output=True, check=True, timeout=30)
     exported = dict(item.split("=", 1) for item in dump.stdout.decode().split("\0") if "=" in item)

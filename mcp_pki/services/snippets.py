@@ -1,14 +1,20 @@
 """``snippet``: configuration for one certificate, rendered from templates."""
 
+import shutil
+import sys
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import PurePosixPath
+from pathlib import Path, PurePath
 
-from mcp_pki.render import TARGETS, CertificateView, Target, find_target, render
+from mcp_pki.errors import InvalidInput
+from mcp_pki.render import TARGETS, CertificateView, Target, find_target, render, render_page
 from mcp_pki.services.home import Home
-from mcp_pki.services.inventory import resolve_ref
+from mcp_pki.services.inventory import issuer_chain, resolve_ref
 from mcp_pki.store.db import open_inventory, read_session
+from mcp_pki.store.models import Certificate
 from mcp_pki.timestamps import iso_utc
+
+BUNDLE_README = "bundle-README.md.j2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,41 +23,87 @@ class Snippet:
     text: str
 
 
-def render_snippets(
-    home: Home, ref: str, targets: list[str] | None, *, folder: str | None, variables: dict[str, str], now: datetime
-) -> list[Snippet]:
-    """Render the named targets (or every target that fits the certificate's kind).
-
-    `folder` is where tls.crt, tls.key and ca.crt live on the machine that uses them
-    (default: ``/etc/mcp-pki/NAME``); crl.pem is expected beside them.
-    """
+def certificate_view(home: Home, ref: str, *, folder: str | None, now: datetime) -> CertificateView:
+    """The template view of REF. Without `folder`, the files are where ``issue`` wrote them
+    and the CRL is the home's own ``crl.pem``; with it, all four live in that folder."""
     engine = open_inventory(home.db_url)
     try:
         with read_session(engine) as session, session.begin():
             certificate = resolve_ref(session, ref, now=now)
-            base = PurePosixPath(folder or f"/etc/mcp-pki/{certificate.name}")
-            view = CertificateView(
-                name=certificate.name, kind=certificate.kind, serial=certificate.serial,
-                subject=certificate.subject,
-                dns_names=tuple(s[4:] for s in certificate.sans if s.startswith("DNS:")),
-                ip_addresses=tuple(s[3:] for s in certificate.sans if s.startswith("IP:")),
-                roles=tuple(certificate.roles),
-                not_after=iso_utc(certificate.not_after),
-                cert_file=str(base / "tls.crt"), key_file=str(base / "tls.key"),
-                ca_file=str(base / "ca.crt"), crl_file=str(base / "crl.pem"),
-            )
+            chain = issuer_chain(session, certificate.issuer_id)
+            intermediates = "".join(a.certificate_pem for a in chain[:-1])
+            return _view(home, certificate, folder, cert_pem=certificate.certificate_pem + intermediates,
+                         ca_pem=chain[-1].certificate_pem, ca_key_encrypted=chain[0].key_encrypted)
     finally:
         engine.dispose()
-    chosen = [find_target(t) for t in targets] if targets else [t for t in TARGETS if view.kind in t.kinds]
-    overrides = home.templates_dir
-    return [Snippet(t, render(t, view, _for(t, variables, all_targets=not targets), overrides=overrides)) for t in chosen]
 
 
-def _for(target: Target, variables: dict[str, str], *, all_targets: bool) -> dict[str, str]:
-    # With --all, each target takes the variables it knows; named targets must know them all.
-    return {k: v for k, v in variables.items() if k in target.variables} if all_targets else variables
+def _view(
+    home: Home, certificate: Certificate, folder: str | None, *, cert_pem: str, ca_pem: str, ca_key_encrypted: bool
+) -> CertificateView:
+    if folder is None and certificate.files_dir is None:
+        raise InvalidInput(
+            f"no folder is on record for {certificate.serial}'s files (issued by an older mcp-pki): "
+            "give --dir DIR"
+        )
+    # A --dir names a folder on another machine: keep it as written, with that machine's separators.
+    base = PurePath(folder) if folder is not None else Path(certificate.files_dir or "")
+    crl = base / "crl.pem" if folder is not None else home.crl_file.absolute()
+
+    def sans(prefix: str) -> tuple[str, ...]:
+        return tuple(s.removeprefix(prefix) for s in certificate.sans if s.startswith(prefix))
+
+    return CertificateView(
+        name=certificate.name, kind=certificate.kind, serial=certificate.serial, subject=certificate.subject,
+        dns_names=sans("DNS:"), ip_addresses=sans("IP:"), uris=sans("URI:"), emails=sans("email:"),
+        roles=tuple(certificate.roles), not_after=iso_utc(certificate.not_after),
+        folder=str(base), cert_file=str(base / "tls.crt"), key_file=str(base / "tls.key"),
+        ca_file=str(base / "ca.crt"), crl_file=str(crl), cert_pem=cert_pem, ca_pem=ca_pem,
+        home=str(home.path.absolute()), tool=tool_path(), ca_key_encrypted=ca_key_encrypted,
+    )
 
 
-def snippet_file_name(target: Target) -> str:
-    return target.template.removesuffix(".j2")
+def tool_path() -> str:
+    """The mcp-pki executable by absolute path, so that services and MCP hosts, which run
+    with a minimal PATH, find the same installation."""
+    beside_python = Path(sys.executable).parent / "mcp-pki"
+    if beside_python.is_file():
+        return str(beside_python)
+    return shutil.which("mcp-pki") or "mcp-pki"
 
+
+def render_one(home: Home, target_name: str, ref: str, *, folder: str | None,
+               variables: dict[str, str], now: datetime) -> Snippet:
+    target = find_target(target_name)
+    view = certificate_view(home, ref, folder=folder, now=now)
+    return Snippet(target, render(target, view, variables, overrides=home.templates_dir))
+
+
+def render_all(home: Home, ref: str, *, folder: str | None, variables: dict[str, str],
+               now: datetime) -> tuple[list[Snippet], str]:
+    """Every target for REF's kind, and the README that says which file goes where.
+
+    Each target takes the variables it knows. A variable no target knows, or one that a
+    target needs and nobody gave, is an error naming all of them at once.
+    """
+    view = certificate_view(home, ref, folder=folder, now=now)
+    targets = [t for t in TARGETS if view.kind in t.kinds]
+    known = {v.name for t in targets for v in t.variables}
+    unknown = sorted(set(variables) - known)
+    if unknown:
+        raise InvalidInput(
+            f"no {view.kind} target has variable {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+        )
+    missing: dict[str, list[str]] = {}
+    for target in targets:
+        for variable in target.variables:
+            if variable.required and not variables.get(variable.name):
+                missing.setdefault(f"--var {variable.name}=... ({variable.meaning})", []).append(target.name)
+    if missing:
+        raise InvalidInput("missing " + "; ".join(f"{what}, for {', '.join(ts)}" for what, ts in missing.items()))
+    snippets = []
+    for target in targets:
+        mine = {k: v for k, v in variables.items() if target.variable(k) is not None}
+        snippets.append(Snippet(target, render(target, view, mine, overrides=home.templates_dir)))
+    readme = render_page(BUNDLE_README, overrides=home.templates_dir, cert=view, snippets=snippets)
+    return snippets, readme

@@ -1,0 +1,146 @@
+"""The snippet targets: what each renders, for which certificates, with which parameters.
+
+A target is one template in the top-level ``templates/`` folder. Its output file name (used by
+``snippet --all``) is the template's name without ``.j2``. `syntax` says what the output must
+parse as; JSON and YAML outputs are parsed before they are printed, so a broken user override
+is an error instead of a config file that fails later, somewhere else.
+"""
+
+from dataclasses import dataclass
+
+SERVER = ("server",)
+CLIENT = ("client",)
+
+
+@dataclass(frozen=True, slots=True)
+class Variable:
+    name: str
+    meaning: str
+    default: str | None = None  # None: the user must give it with --var
+
+    @property
+    def required(self) -> bool:
+        return self.default is None
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    name: str
+    template: str
+    kinds: tuple[str, ...]
+    description: str
+    usage: str  # where the output goes: printed to stderr, and a line of the --all README
+    syntax: str  # json, yaml, sh, python, javascript, nginx, caddy
+    variables: tuple[Variable, ...] = ()
+
+    @property
+    def file_name(self) -> str:
+        return self.template.removesuffix(".j2")
+
+    def variable(self, name: str) -> Variable | None:
+        return next((v for v in self.variables if v.name == name), None)
+
+
+_URL = Variable("url", "the MCP server's endpoint, e.g. https://files.example.com:8443/mcp")
+_PORT = Variable("port", "the TLS port to listen on", "8443")
+_BIND = Variable("bind", "the address to listen on", "0.0.0.0")
+_UPSTREAM = Variable("upstream", "the plain-HTTP MCP server behind the proxy", "http://127.0.0.1:8000")
+
+TARGETS = (
+    Target(
+        "server-env", "server-env.json.j2", SERVER,
+        "MCP host entry (mcpServers) starting the server with its TLS_* environment",
+        "merge into the host's mcpServers configuration (JSON, no comments)",
+        "json",
+        (
+            Variable("command", "the command that starts the MCP server"),
+            Variable("args", "its arguments, as shell words", ""),
+        ),
+    ),
+    Target(
+        "uvicorn-env", "uvicorn-env.sh.j2", SERVER,
+        "UVICORN_SSL_* environment for any uvicorn-served MCP server, client certificates required",
+        "source it (. ./uvicorn-env.sh) in the shell or service that starts uvicorn",
+        "sh",
+    ),
+    Target(
+        "python-server", "python-server.py.j2", SERVER,
+        "runnable MCP Python SDK server: uvicorn, client certificates required, CRL checked",
+        "run it with python3 (pip install 'mcp>=2.3,<3' 'uvicorn>=0.54') and replace the example tool",
+        "python",
+        (_PORT, _BIND),
+    ),
+    Target(
+        "python-client", "python-client.py.j2", CLIENT,
+        "runnable MCP Python SDK client presenting this certificate, trusting only our root",
+        "run it with python3 (pip install 'mcp>=2.3,<3'): no arguments lists tools, TOOL KEY=VALUE calls one",
+        "python",
+        (_URL,),
+    ),
+    Target(
+        "node-client", "node-client.mjs.j2", CLIENT,
+        "MCP TypeScript SDK client (Node.js) with an undici Agent carrying CA, certificate and key",
+        "run it with node (npm install @modelcontextprotocol/sdk undici)",
+        "javascript",
+        (_URL,),
+    ),
+    Target(
+        "curl", "curl.sh.j2", CLIENT,
+        "smoke test: an MCP initialize request with curl --cert/--key/--cacert",
+        "run it with sh; it prints the server's initialize answer",
+        "sh",
+        (_URL,),
+    ),
+    Target(
+        "nginx", "nginx.conf.j2", SERVER,
+        "nginx server block terminating mTLS in front of an MCP server, CRL checked, "
+        "verified identity forwarded",
+        "include it in the http block (e.g. /etc/nginx/conf.d/), then nginx -t && nginx -s reload",
+        "nginx",
+        (_PORT, Variable("bind", "the address to listen on (empty: every address)", ""), _UPSTREAM),
+    ),
+    Target(
+        "envoy", "envoy.yaml.j2", SERVER,
+        "Envoy static config: mTLS listener, CRL checked, x-forwarded-client-cert sanitised and set",
+        "run envoy -c envoy.yaml (or merge the listener and cluster into your config)",
+        "yaml",
+        (_PORT, _BIND, _UPSTREAM),
+    ),
+    Target(
+        "caddy", "Caddyfile.j2", SERVER,
+        "Caddyfile: mTLS in front of an MCP server, verified identity forwarded (Caddy checks no CRL)",
+        "run caddy run --config Caddyfile --adapter caddyfile",
+        "caddy",
+        (_PORT, _BIND, _UPSTREAM),
+    ),
+    Target(
+        "k8s", "kustomization.yaml.j2", ("server", "client"),
+        "kustomization generating a kubernetes.io/tls Secret (tls.crt, tls.key, ca.crt, and the CRL "
+        "for servers) from the issued files",
+        "save as kustomization.yaml beside tls.crt, tls.key and ca.crt, then kubectl apply -k that folder",
+        "yaml",
+        (
+            Variable("namespace", "the Kubernetes namespace", "default"),
+            Variable("secret", "the Secret's name (default: mcp-tls-NAME)", ""),
+        ),
+    ),
+    Target(
+        "crl-refresh", "crl-refresh.sh.j2", SERVER,
+        "systemd service + daily timer (and the cron line) republishing the CRL and reloading nginx",
+        "run it once as root on the machine holding the CA home; it installs and starts the timer",
+        "sh",
+        (
+            Variable("reload", "the command that makes the server re-read the CRL", "systemctl reload nginx"),
+            Variable("passphrase_file", "root-only file with the CA passphrase (default: HOME/ca-passphrase)", ""),
+        ),
+    ),
+)
+
+
+def find_target(name: str) -> Target:
+    for target in TARGETS:
+        if target.name == name:
+            return target
+    from mcp_pki.errors import InvalidInput
+
+    raise InvalidInput(f"unknown snippet target {name!r}: choose one of {', '.join(t.name for t in TARGETS)}")
