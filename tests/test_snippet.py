@@ -339,3 +339,11 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
 
 
 __all__ = ["SERVER_NAME"]
+
+
+def test_readme_shows_the_current_target_list(ca: Cli) -> None:
+    from tests.conftest import REPO
+
+    listed = ca.ok("snippet", "--list").stdout
+    readme = (REPO / "README.md").read_text()
+    assert listed in readme, "README.md's `snippet --list` block is out of date"
