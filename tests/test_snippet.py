@@ -32,11 +32,15 @@ from tests.test_tls_revocation import (
 TARGET_NAMES = [
     "server-env", "uvicorn-env", "python-server", "python-client", "node-client", "curl",
     "nginx", "envoy", "caddy", "k8s", "crl-refresh",
+    "claude-desktop", "claude-code", "vscode", "cursor", "windsurf", "zed", "continue",
 ]
 URL = "https://srv.example.com:8443/mcp"
 # What each target needs to render: the required variables, nothing else.
-REQUIRED = {"server-env": ["--var", "command=python3"], "python-client": ["--var", f"url={URL}"],
-            "node-client": ["--var", f"url={URL}"], "curl": ["--var", f"url={URL}"]}
+REQUIRED = {"server-env": ["--var", "command=python3"]} | {
+    target: ["--var", f"url={URL}"] for target in TARGET_NAMES if target in (
+        "python-client", "node-client", "curl", "claude-desktop", "claude-code", "vscode", "cursor", "windsurf",
+        "zed", "continue")
+}
 
 
 def test_list_prints_each_target_its_kinds_and_what_it_needs(ca: Cli) -> None:
@@ -50,13 +54,13 @@ def test_list_prints_each_target_its_kinds_and_what_it_needs(ca: Cli) -> None:
 
 def _syntax_check(target: str, text: str, tmp_path: Path) -> None:
     """Each output parses as what it claims to be."""
-    if target in ("server-env",):
+    if target in ("server-env", "claude-desktop", "vscode", "cursor", "windsurf", "zed"):
         json.loads(text)
-    elif target in ("envoy", "k8s"):
+    elif target in ("envoy", "k8s", "continue"):
         assert yaml.safe_load(text)
     elif target in ("python-server", "python-client"):
         compile(text, target, "exec")
-    elif target in ("uvicorn-env", "curl", "crl-refresh"):
+    elif target in ("uvicorn-env", "curl", "crl-refresh", "claude-code"):
         script = tmp_path / f"{target}.sh"
         script.write_text(text)
         subprocess.run(["sh", "-n", str(script)], check=True, timeout=30)
@@ -151,6 +155,10 @@ def test_bad_targets_variables_and_kinds_are_clean_errors(ca: Cli) -> None:
     assert_clean_error(ca("snippet", "python-client", "alice"), "python-client needs --var url=...")
     assert_clean_error(ca("snippet", "server-env", "srv"), "server-env needs --var command=...")
     assert_clean_error(ca("snippet", "envoy", "srv", "--var", "upstream=ftp://x"), "not an http(s) URL")
+    for target in ("envoy", "caddy"):  # their upstream takes no path and no TLS
+        for upstream in ("http://127.0.0.1:8000/mcp", "https://127.0.0.1:8443"):
+            assert_clean_error(ca("snippet", target, "srv", "--var", f"upstream={upstream}"),
+                               "upstream must be http://HOST:PORT with no path")
     assert_clean_error(ca("snippet", "server-env", "srv", "--var", "command=x", "--var", "args='open"),
                        "cannot split")
     assert_clean_error(ca("snippet", "--all", "srv"), "--all needs --out DIR")
@@ -204,8 +212,11 @@ def test_all_writes_every_target_of_the_kind_and_a_readme(ca: Cli) -> None:
     assert os.access(ca.cwd / "srv-config/crl-refresh.sh", os.X_OK)
     ca.ok("snippet", "--all", "alice", "--var", f"url={URL}", "--out", "alice-config")
     client_files = sorted(p.name for p in (ca.cwd / "alice-config").iterdir())
-    assert client_files == sorted(["README.md", "python-client.py", "node-client.mjs", "curl.sh",
-                                   "kustomization.yaml"])
+    assert client_files == sorted([
+        "README.md", "python-client.py", "node-client.mjs", "curl.sh", "kustomization.yaml",
+        "claude_desktop_config.json", "claude-code.sh", "vscode-mcp.json", "cursor-mcp.json",
+        "windsurf-mcp_config.json", "zed-settings.json", "continue-mcp.yaml",
+    ])
     snapshot = Snapshot(ca)
     assert_clean_error(ca("snippet", "--all", "alice", "--var", f"url={URL}", "--out", "alice-config"),
                        "already exists")
@@ -347,3 +358,12 @@ def test_readme_shows_the_current_target_list(ca: Cli) -> None:
     listed = ca.ok("snippet", "--list").stdout
     readme = (REPO / "README.md").read_text()
     assert listed in readme, "README.md's `snippet --list` block is out of date"
+
+
+def test_crl_refresh_escapes_percent_and_dollar_for_cron_and_systemd(ca: Cli) -> None:
+    issue_server(ca)
+    text = ca.ok("snippet", "crl-refresh", "srv", "--var", "reload=echo $HOME %s").stdout
+    cron = next(line for line in text.splitlines() if line.startswith("# 17 3 * * * "))
+    assert cron.endswith("echo $HOME \\%s")  # cron turns a bare % into a newline
+    post = next(line for line in text.splitlines() if line.startswith("ExecStartPost="))
+    assert post == "ExecStartPost=/bin/sh -c 'echo $$HOME %%s'"  # systemd specifiers and variables

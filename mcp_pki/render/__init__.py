@@ -101,10 +101,14 @@ def _environment(overrides: Path | None) -> jinja2.Environment:
         keep_trailing_newline=True,
         autoescape=False,
     )
+    environment.policies["json.dumps_kwargs"] = {"sort_keys": False}  # keys in the order written
     environment.filters["shell"] = shlex.quote  # a path with a space stays one word
     environment.filters["shell_words"] = _shell_words
     environment.filters["url_host"] = lambda url: _split_url(url)[0]
     environment.filters["url_port"] = lambda url: _split_url(url)[1]
+    environment.filters["http_upstream"] = _http_upstream
+    environment.filters["cron"] = lambda text: text.replace("%", "\\%")  # cron reads % as a newline
+    environment.filters["systemd"] = lambda text: text.replace("%", "%%").replace("$", "$$")  # specifiers
     return environment
 
 
@@ -124,6 +128,15 @@ def _split_url(url: str) -> tuple[str, int]:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidInput(f"not an http(s) URL: {url!r}")
     return parts.hostname, port or (443 if parts.scheme == "https" else 80)
+
+
+def _http_upstream(url: str) -> str:
+    """An upstream that Envoy's cluster and Caddy's reverse_proxy can take: http://host:port only."""
+    parts = urlsplit(url)
+    _split_url(url)
+    if parts.scheme != "http" or parts.path not in ("", "/") or parts.query:
+        raise InvalidInput(f"upstream must be http://HOST:PORT with no path (got {url!r})")
+    return url.rstrip("/")
 
 
 def _check_syntax(target: Target, text: str) -> None:

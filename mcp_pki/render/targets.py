@@ -137,6 +137,65 @@ TARGETS = (
 )
 
 
+# MCP hosts: none can present a client certificate itself, so each entry launches
+# `mcp-pki bridge` (a local stdio MCP server relaying over mTLS) by absolute path.
+_HOST_VARIABLES = (
+    _URL,
+    Variable("name", "the server's name in the host (default: the URL's first host label)", ""),
+    Variable("command", "mcp-pki's absolute path on the machine running the host (default: this one's)", ""),
+)
+
+
+def _host(name: str, template: str, host: str, usage: str, syntax: str = "json") -> Target:
+    return Target(
+        name, template, CLIENT, f"{host}: an MCP server entry that runs mcp-pki bridge with this certificate",
+        usage, syntax, _HOST_VARIABLES,
+    )
+
+
+HOST_TARGETS = (
+    _host(
+        "claude-desktop", "claude_desktop_config.json.j2", "Claude Desktop",
+        "merge into claude_desktop_config.json: macOS ~/Library/Application Support/Claude/, "
+        "Windows %APPDATA%\\Claude\\, Linux ~/.config/Claude/; then restart Claude Desktop",
+    ),
+    _host(
+        "claude-code", "claude-code.sh.j2", "Claude Code",
+        "run it (claude mcp add --scope user), or copy the .mcp.json entry in its comments into a "
+        "project's .mcp.json; the same on macOS, Linux and Windows",
+        "sh",
+    ),
+    _host(
+        "vscode", "vscode-mcp.json.j2", "VS Code",
+        "merge into .vscode/mcp.json in the workspace, or the user mcp.json: macOS "
+        "~/Library/Application Support/Code/User/, Windows %APPDATA%\\Code\\User\\, Linux ~/.config/Code/User/",
+    ),
+    _host(
+        "cursor", "cursor-mcp.json.j2", "Cursor",
+        "merge into .cursor/mcp.json in the project, or ~/.cursor/mcp.json "
+        "(Windows %USERPROFILE%\\.cursor\\mcp.json) for every project",
+    ),
+    _host(
+        "windsurf", "windsurf-mcp_config.json.j2", "Windsurf",
+        "merge into ~/.codeium/windsurf/mcp_config.json (Windows "
+        "%USERPROFILE%\\.codeium\\windsurf\\mcp_config.json), then refresh the MCP servers",
+    ),
+    _host(
+        "zed", "zed-settings.json.j2", "Zed",
+        "merge context_servers into Zed's settings.json: macOS and Linux ~/.config/zed/, "
+        "Windows %APPDATA%\\Zed\\",
+    ),
+    _host(
+        "continue", "continue-mcp.yaml.j2", "Continue",
+        "save as .continue/mcpServers/NAME.yaml in the workspace, or add the entry to "
+        "~/.continue/config.yaml (Windows %USERPROFILE%\\.continue\\config.yaml)",
+        "yaml",
+    ),
+)
+
+TARGETS = TARGETS + HOST_TARGETS
+
+
 def find_target(name: str) -> Target:
     for target in TARGETS:
         if target.name == name:
