@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from mcp_pki import __version__
-from mcp_pki.cli import audit, ca, db, health, inventory, issue, renew, revocation, snippet
+from mcp_pki.cli import audit, bridge, ca, db, health, inventory, issue, renew, revocation, snippet
 from mcp_pki.cli.common import Settings
 from mcp_pki.errors import PkiError
 
@@ -86,6 +86,7 @@ cli.add_command(renew.renew)
 cli.add_command(health.status)
 cli.add_command(health.verify)
 cli.add_command(snippet.snippet)
+cli.add_command(bridge.bridge)
 cli.add_command(audit.audit)
 cli.add_command(db.db)
 

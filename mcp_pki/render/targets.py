@@ -46,7 +46,7 @@ _PORT = Variable("port", "the TLS port to listen on", "8443")
 _BIND = Variable("bind", "the address to listen on", "0.0.0.0")
 _UPSTREAM = Variable("upstream", "the plain-HTTP MCP server behind the proxy", "http://127.0.0.1:8000")
 
-TARGETS = (
+TARGETS: tuple[Target, ...] = (
     Target(
         "server-env", "server-env.json.j2", SERVER,
         "MCP host entry (mcpServers) starting the server with its TLS_* environment",
