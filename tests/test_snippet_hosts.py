@@ -1,0 +1,118 @@
+"""MCP host targets: each rendered entry, launched as its host would launch it, reaches a real
+MCP server over mutual TLS through `mcp-pki bridge`."""
+
+import json
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+import pytest
+import yaml
+from mcp.client.session import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
+
+from tests.test_snippet_mcp import McpSetup, Server, setup, start_python_server, url
+
+__all__ = ["setup"]  # a fixture, shared with test_snippet_mcp
+
+HOSTS = ["claude-desktop", "claude-code", "vscode", "cursor", "windsurf", "zed", "continue"]
+SESSION_TIMEOUT = 60
+
+
+def _commented_json(text: str) -> dict[str, Any]:
+    """The .mcp.json entry that the claude-code script carries in its comments."""
+    lines = [line[2:] for line in text.splitlines() if line.startswith("# ")]
+    start, end = lines.index("{"), len(lines) - 1 - lines[::-1].index("}")
+    parsed: dict[str, Any] = json.loads("\n".join(lines[start:end + 1]))
+    return parsed
+
+
+def launch_entry(target: str, text: str) -> dict[str, Any]:
+    """The server entry in the host's own format: its name, command and args."""
+    if target == "claude-code":
+        command = next(line for line in text.splitlines() if line.startswith("exec claude mcp add "))
+        words = shlex.split(command)
+        assert words[:6] == ["exec", "claude", "mcp", "add", "--scope", "user"]
+        name, launched = words[6], words[words.index("--") + 1:]
+        entry = _commented_json(text)["mcpServers"][name]
+        assert entry == {"type": "stdio", "command": launched[0], "args": launched[1:]}
+        return {"name": name, **entry}
+    if target == "continue":
+        document = yaml.safe_load(text)
+        assert document["schema"] == "v1"
+        (entry,) = document["mcpServers"]
+        assert entry["type"] == "stdio"
+        return dict(entry)
+    document = json.loads(text)
+    key = {"vscode": "servers", "zed": "context_servers"}.get(target, "mcpServers")
+    ((name, entry),) = document[key].items()
+    if target == "vscode":
+        assert entry["type"] == "stdio"
+    if target == "zed":
+        assert entry["source"] == "custom"
+    return {"name": name, **entry}
+
+
+async def _initialize(entry: dict[str, Any], home: Path, log: TextIO) -> tuple[str, set[str]]:
+    # As a host on a teammate's machine: no MCP_PKI_* variables, a HOME with no CA in it.
+    parameters = StdioServerParameters(command=entry["command"], args=entry["args"], env={"HOME": str(home)})
+    with anyio.fail_after(SESSION_TIMEOUT):
+        async with stdio_client(parameters, errlog=log) as (read, write), ClientSession(read, write) as session:
+            initialized = await session.initialize()
+            tools = await session.list_tools()
+            return initialized.server_info.name, {t.name for t in tools.tools}
+
+
+@pytest.fixture
+def remote(setup: McpSetup) -> Any:
+    server = start_python_server(setup)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_every_host_entry_launches_the_bridge_and_answers_initialize(
+    setup: McpSetup, remote: Server, tmp_path: Path,
+) -> None:
+    teammate_home = tmp_path / "teammate"
+    teammate_home.mkdir()
+    for target in HOSTS:
+        text = setup.ca.ok("snippet", target, "alice", "--var", f"url={url(remote.port)}").stdout
+        entry = launch_entry(target, text)
+        assert entry["name"] == "mcp-server"  # the URL names an IP: no label to take
+        assert Path(entry["command"]).is_absolute() and Path(entry["command"]).name == "mcp-pki"
+        assert entry["args"][:2] == ["bridge", url(remote.port)]
+        errlog = tmp_path / f"{target}.stderr"
+        with open(errlog, "w") as log:
+            server_name, tools = anyio.run(_initialize, entry, teammate_home, log)
+        assert (server_name, tools) == ("srv", {"echo"}), (target, errlog.read_text())
+
+
+def test_host_entries_take_a_name_and_the_command_path_of_the_teammates_machine(setup: McpSetup) -> None:
+    for target in HOSTS:
+        text = setup.ca.ok("snippet", target, "alice", "--var", "url=https://files.example.com:8443/mcp").stdout
+        assert launch_entry(target, text)["name"] == "files"
+        moved = setup.ca.ok(
+            "snippet", target, "alice", "--var", "url=https://files.example.com/mcp", "--var", "name=team files",
+            "--var", "command=/opt/mcp-pki/bin/mcp-pki", "--dir", "/home/alice/.mcp-pki",
+        ).stdout
+        entry = launch_entry(target, moved)
+        assert entry["name"] == "team files" and entry["command"] == "/opt/mcp-pki/bin/mcp-pki"
+        assert entry["args"] == ["bridge", "https://files.example.com/mcp",
+                                 "--cert", "/home/alice/.mcp-pki/tls.crt", "--key", "/home/alice/.mcp-pki/tls.key",
+                                 "--ca", "/home/alice/.mcp-pki/ca.crt"]
+
+
+def test_a_revoked_teammates_host_entry_fails_with_one_clear_line(setup: McpSetup, remote: Server, tmp_path: Path) -> None:
+    text = setup.ca.ok("snippet", "claude-desktop", "bob", "--var", f"url={url(remote.port)}").stdout
+    entry = launch_entry("claude-desktop", text)
+    # Where the CA home is known (MCP_PKI_HOME), the bridge refuses before connecting.
+    result = subprocess.run([entry["command"], *entry["args"]], input="", capture_output=True, text=True,
+                            timeout=SESSION_TIMEOUT, env={"HOME": str(tmp_path), "MCP_PKI_HOME": str(setup.ca.home),
+                                                          "PATH": "/usr/bin:/bin"}, check=False)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("Error: ") and "revoked" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
