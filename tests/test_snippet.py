@@ -138,6 +138,9 @@ def test_files_default_to_where_issue_wrote_them_and_dir_moves_them(ca: Cli, tmp
         "TLS_CA": str(ca.cwd / "certs/srv/ca.crt"), "TLS_REQUIRE_CLIENT_CERT": "true",
         "TLS_CRL": str(ca.home / "crl.pem"),  # on the CA's machine: the CRL it publishes
     }
+    shown = json.loads(ca.ok("show", "srv", "--json").stdout)
+    assert shown["files_dir"] == str(ca.cwd / "certs/srv")
+    assert f"files        {ca.cwd / 'certs/srv'}" in ca.ok("show", "srv").stdout
     moved = json.loads(ca.ok("snippet", "server-env", "srv", "--var", "command=srv", "--dir", "/etc/mcp/srv").stdout)
     assert moved["mcpServers"]["srv"]["env"]["TLS_KEY"] == "/etc/mcp/srv/tls.key"
     assert moved["mcpServers"]["srv"]["env"]["TLS_CRL"] == "/etc/mcp/srv/crl.pem"

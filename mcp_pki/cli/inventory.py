@@ -99,6 +99,8 @@ def show(settings: Settings, ref: str, as_json: bool, as_pem: bool) -> None:
     ]
     if details.renews:
         lines.append(("renews", details.renews))
+    if details.files_dir:
+        lines.append(("files", details.files_dir))
     for label, value in lines:
         click.echo(f"{label:12} {value}")
 

@@ -105,6 +105,7 @@ class CertificateView:
     revocation_reason: str | None
     renews: str | None
     from_csr: bool
+    files_dir: str | None  # where issue/renew wrote the files; None before schema 0002
     pem: str
 
     def as_json(self) -> dict[str, object]:
@@ -117,7 +118,7 @@ class CertificateView:
             "days_left": self.days_left, "sha256_fingerprint": self.sha256_fingerprint,
             "chain": list(self.chain), "revoked_at": _iso(self.revoked_at),
             "revocation_reason": self.revocation_reason, "renews": self.renews,
-            "from_csr": self.from_csr,
+            "from_csr": self.from_csr, "files_dir": self.files_dir,
         }
 
 
@@ -149,7 +150,7 @@ def view(session: Session, certificate: Certificate, *, now: datetime) -> Certif
         chain=tuple(chain), revoked_at=revocation.revoked_at if revocation else None,
         revocation_reason=(revocation.reason or "unspecified") if revocation else None,
         renews=renews.serial if renews else None, from_csr=certificate.from_csr,
-        pem=certificate.certificate_pem,
+        files_dir=certificate.files_dir, pem=certificate.certificate_pem,
     )
 
 
