@@ -65,6 +65,8 @@ def _syntax_check(target: str, text: str, tmp_path: Path) -> None:
         script.write_text(text)
         subprocess.run(["sh", "-n", str(script)], check=True, timeout=30)
     elif target == "node-client":
+        if shutil.which("node") is None:
+            pytest.skip("node is absent")
         script = tmp_path / "client.mjs"
         script.write_text(text)
         subprocess.run(["node", "--check", str(script)], check=True, timeout=30)
@@ -157,11 +159,18 @@ def test_bad_targets_variables_and_kinds_are_clean_errors(ca: Cli) -> None:
     assert_clean_error(ca("snippet", "nginx", "alice"), "nginx is for server certificates, not client")
     assert_clean_error(ca("snippet", "python-client", "alice"), "python-client needs --var url=...")
     assert_clean_error(ca("snippet", "server-env", "srv"), "server-env needs --var command=...")
-    assert_clean_error(ca("snippet", "envoy", "srv", "--var", "upstream=ftp://x"), "not an http(s) URL")
-    for target in ("envoy", "caddy"):  # their upstream takes no path and no TLS
-        for upstream in ("http://127.0.0.1:8000/mcp", "https://127.0.0.1:8443"):
+    for target in ("nginx", "envoy", "caddy"):  # the plain-HTTP MCP server: no path, no TLS
+        for upstream in ("http://127.0.0.1:8000/mcp", "https://127.0.0.1:8443", "127.0.0.1:8000", "http://h:x"):
             assert_clean_error(ca("snippet", target, "srv", "--var", f"upstream={upstream}"),
-                               "upstream must be http://HOST:PORT with no path")
+                               f"--var upstream='{upstream}': must be http://HOST:PORT with no path")
+    for port in ("abc", "0", "70000", "-1"):
+        assert_clean_error(ca("snippet", "python-server", "srv", "--var", f"port={port}"),
+                           "must be a port number from 1 to 65535")
+    assert_clean_error(ca("snippet", "envoy", "srv", "--var", "bind=localhost"), "must be an IP address")
+    for target in ("python-client", "claude-desktop"):
+        assert_clean_error(ca("snippet", target, "alice", "--var", "url=http://files.example.com/mcp"),
+                           "must be an https:// URL")
+    assert_clean_error(ca("snippet", "nginx", "srv", "--dir", "relative/dir"), "--dir must be an absolute path")
     assert_clean_error(ca("snippet", "server-env", "srv", "--var", "command=x", "--var", "args='open"),
                        "cannot split")
     assert_clean_error(ca("snippet", "--all", "srv"), "--all needs --out DIR")
@@ -196,6 +205,12 @@ def test_a_broken_override_is_a_clean_error_naming_the_template(ca: Cli) -> None
     assert_clean_error(ca("snippet", "envoy", "srv"), "rendered invalid yaml")
     (overrides / "uvicorn-env.sh.j2").write_text("{{ cert.private_key }}\n")  # the view has no key
     assert_clean_error(ca("snippet", "uvicorn-env", "srv"), "private_key")
+    (overrides / "curl.sh.j2").write_text("{{ cert.name + 1 }}\n")  # Python's own errors, too
+    issue_client(ca, "alice")
+    assert_clean_error(ca("snippet", "curl", "alice", "--var", f"url={URL}"), "template curl.sh.j2 failed: TypeError")
+    (overrides / "caddy.j2").write_bytes(b"\xff\xfe not utf-8")
+    (overrides / "Caddyfile.j2").write_bytes(b"\xff\xfe not utf-8")
+    assert_clean_error(ca("snippet", "caddy", "srv"), "template Caddyfile.j2 failed")
 
 
 def test_all_writes_every_target_of_the_kind_and_a_readme(ca: Cli) -> None:
@@ -369,4 +384,31 @@ def test_crl_refresh_escapes_percent_and_dollar_for_cron_and_systemd(ca: Cli) ->
     cron = next(line for line in text.splitlines() if line.startswith("# 17 3 * * * "))
     assert cron.endswith("echo $HOME \\%s")  # cron turns a bare % into a newline
     post = next(line for line in text.splitlines() if line.startswith("ExecStartPost="))
-    assert post == "ExecStartPost=/bin/sh -c 'echo $$HOME %%s'"  # systemd specifiers and variables
+    assert post == 'ExecStartPost=+/bin/sh -c "echo $$HOME %%s"'  # systemd specifiers and variables
+
+
+def test_paths_with_spaces_stay_one_word_in_nginx_and_caddy(ca: Cli, tmp_path: Path) -> None:
+    srv = issue_server(ca)
+    spaced = str(tmp_path / "mcp pki" / "srv")
+    shutil.copytree(srv, spaced)  # nginx -t and caddy validate load the files
+    shutil.copy(ca.home / "crl.pem", spaced)
+    _nginx_accepts(ca.ok("snippet", "nginx", "srv", "--dir", spaced).stdout, tmp_path)
+    caddyfile = ca.ok("snippet", "caddy", "srv", "--dir", spaced).stdout
+    assert f'"{spaced}/tls.crt"' in caddyfile
+    _caddy_accepts(caddyfile, tmp_path)
+
+
+def test_a_snippet_naming_a_key_that_is_not_there_warns(ca: Cli, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    from cryptography import x509
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "carol")])).sign(key, hashes.SHA256())
+    (ca.cwd / "carol.csr").write_bytes(csr.public_bytes(serialization.Encoding.PEM))
+    ca.ok("issue", "client", "carol", "--csr", "carol.csr")
+    result = ca.ok("snippet", "curl", "carol", "--var", f"url={URL}")
+    assert f"Warning: {ca.cwd / 'carol' / 'tls.key'} does not exist" in result.stderr
+    assert "Warning" not in ca.ok("snippet", "curl", "carol", "--var", f"url={URL}", "--dir", "/home/carol/mcp").stderr

@@ -3,6 +3,7 @@ MCP server over mutual TLS through `mcp-pki bridge`."""
 
 import json
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any, TextIO
@@ -35,9 +36,12 @@ def launch_entry(target: str, text: str) -> dict[str, Any]:
         command = next(line for line in text.splitlines() if line.startswith("exec claude mcp add "))
         words = shlex.split(command)
         assert words[:6] == ["exec", "claude", "mcp", "add", "--scope", "user"]
-        name, launched = words[6], words[words.index("--") + 1:]
+        options, launched = words[6:words.index("--")], words[words.index("--") + 1:]
+        env = dict(value.split("=", 1) for flag, value in zip(options[:-1:2], options[1::2], strict=True)
+                   if flag == "-e")
+        name = options[-1]
         entry = _commented_json(text)["mcpServers"][name]
-        assert entry == {"type": "stdio", "command": launched[0], "args": launched[1:]}
+        assert entry == {"type": "stdio", "command": launched[0], "args": launched[1:], "env": env}
         return {"name": name, **entry}
     if target == "continue":
         document = yaml.safe_load(text)
@@ -56,8 +60,9 @@ def launch_entry(target: str, text: str) -> dict[str, Any]:
 
 
 async def _initialize(entry: dict[str, Any], home: Path, log: TextIO) -> tuple[str, set[str]]:
-    # As a host on a teammate's machine: no MCP_PKI_* variables, a HOME with no CA in it.
-    parameters = StdioServerParameters(command=entry["command"], args=entry["args"], env={"HOME": str(home)})
+    # As the host launches it: the entry's own environment, a HOME with no CA in it.
+    parameters = StdioServerParameters(command=entry["command"], args=entry["args"],
+                                       env={**entry["env"], "HOME": str(home)})
     with anyio.fail_after(SESSION_TIMEOUT):
         async with stdio_client(parameters, errlog=log) as (read, write), ClientSession(read, write) as session:
             initialized = await session.initialize()
@@ -78,17 +83,23 @@ def test_every_host_entry_launches_the_bridge_and_answers_initialize(
     setup: McpSetup, remote: Server, tmp_path: Path,
 ) -> None:
     teammate_home = tmp_path / "teammate"
-    teammate_home.mkdir()
+    (teammate_home / "mcp").mkdir(parents=True)
+    for name in ("tls.crt", "tls.key", "ca.crt"):  # what a teammate receives, in their own folder
+        shutil.copy2(setup.alice / name, teammate_home / "mcp" / name)
     for target in HOSTS:
-        text = setup.ca.ok("snippet", target, "alice", "--var", f"url={url(remote.port)}").stdout
-        entry = launch_entry(target, text)
-        assert entry["name"] == "mcp-server"  # the URL names an IP: no label to take
-        assert Path(entry["command"]).is_absolute() and Path(entry["command"]).name == "mcp-pki"
-        assert entry["args"][:2] == ["bridge", url(remote.port)]
-        errlog = tmp_path / f"{target}.stderr"
-        with open(errlog, "w") as log:
-            server_name, tools = anyio.run(_initialize, entry, teammate_home, log)
-        assert (server_name, tools) == ("srv", {"echo"}), (target, errlog.read_text())
+        # On the CA's machine (the entry points the bridge at the CA home, for its CRL), then
+        # on a teammate's machine (--dir: their folder, no CA home).
+        for options, env in (([], {"MCP_PKI_HOME": str(setup.ca.home)}), (["--dir", str(teammate_home / "mcp")], {})):
+            text = setup.ca.ok("snippet", target, "alice", "--var", f"url={url(remote.port)}", *options).stdout
+            entry = launch_entry(target, text)
+            assert entry["name"] == "mcp-server"  # the URL names an IP: no label to take
+            assert Path(entry["command"]).is_absolute() and Path(entry["command"]).name == "mcp-pki"
+            assert entry["args"][:2] == ["bridge", url(remote.port)]
+            assert entry["env"] == env
+            errlog = tmp_path / f"{target}.stderr"
+            with open(errlog, "w") as log:
+                server_name, tools = anyio.run(_initialize, entry, teammate_home, log)
+            assert (server_name, tools) == ("srv", {"echo"}), (target, errlog.read_text())
 
 
 def test_host_entries_take_a_name_and_the_command_path_of_the_teammates_machine(setup: McpSetup) -> None:
@@ -109,10 +120,10 @@ def test_host_entries_take_a_name_and_the_command_path_of_the_teammates_machine(
 def test_a_revoked_teammates_host_entry_fails_with_one_clear_line(setup: McpSetup, remote: Server, tmp_path: Path) -> None:
     text = setup.ca.ok("snippet", "claude-desktop", "bob", "--var", f"url={url(remote.port)}").stdout
     entry = launch_entry("claude-desktop", text)
-    # Where the CA home is known (MCP_PKI_HOME), the bridge refuses before connecting.
+    # Exactly as rendered: the entry's environment names the CA home, whose CRL lists bob.
     result = subprocess.run([entry["command"], *entry["args"]], input="", capture_output=True, text=True,
-                            timeout=SESSION_TIMEOUT, env={"HOME": str(tmp_path), "MCP_PKI_HOME": str(setup.ca.home),
-                                                          "PATH": "/usr/bin:/bin"}, check=False)
+                            timeout=SESSION_TIMEOUT, env={**entry["env"], "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+                            check=False)
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.startswith("Error: ") and "revoked" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -120,6 +120,9 @@ def test_rendered_python_client_lists_and_calls_the_rendered_servers_tools(setup
     assert "connected to srv" in listed.stderr
     called = run(sys.executable, client, "echo", "text=hello over mTLS")
     assert (called.returncode, called.stdout) == (0, "hello over mTLS\n"), called.stderr
+    failed = run(sys.executable, client, "echo")  # a required argument missing: the tool fails
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
+    assert "text" in failed.stdout + failed.stderr
 
 
 def test_rendered_python_server_refuses_no_certificate_and_a_revoked_one(setup: McpSetup, python_server: Server) -> None:

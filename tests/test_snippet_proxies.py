@@ -11,6 +11,7 @@ import configparser
 import http.client
 import json
 import os
+import pwd
 import re
 import shlex
 import shutil
@@ -427,7 +428,7 @@ def test_crl_refresh_script_parses_and_names_the_passphrase_file_never_the_passp
     issue_server(ca)
     passfile = _passphrase_file(tmp_path, PASSPHRASE)
     for options, named in ((["--var", f"passphrase_file={passfile}"], str(passfile)),
-                           ([], str(ca.home / "ca-passphrase"))):
+                           ([], "/etc/credstore/mcp-pki-ca-passphrase")):  # away from the CA home
         script = _render_refresh(ca, *options)
         path = tmp_path / "crl-refresh.sh"
         path.write_text(script)
@@ -456,9 +457,10 @@ def test_crl_refresh_cron_command_republishes_copies_atomically_and_reloads(ca: 
     script = _render_refresh(ca, "--dir", str(deployed), "--var", f"reload=touch {shlex.quote(str(marker))}",
                              "--var", f"passphrase_file={passfile}")
     command = _cron_command(script)
-    assert command.startswith(f"{shlex.quote(str(tool))} --home {shlex.quote(str(ca.home))} "), command
+    owner = pwd.getpwuid(ca.home.stat().st_uid).pw_name  # the job runs as the home's owner
+    assert command.startswith(f"runuser -u {owner} -- {shlex.quote(str(tool))} --home {shlex.quote(str(ca.home))} "), command
     # cron's environment: no MCP_PKI_* variables, the passphrase comes from the file only.
-    cron_env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SHELL": "/bin/sh"}
+    cron_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(tmp_path), "SHELL": "/bin/sh"}
 
     def run() -> subprocess.CompletedProcess[str]:
         return subprocess.run(["sh", "-c", command], check=False, cwd=tmp_path, env=cron_env, capture_output=True, text=True,
@@ -509,23 +511,27 @@ def test_crl_refresh_systemd_units_are_valid_and_do_what_the_cron_line_does(ca: 
     script = _render_refresh(ca, "--dir", str(deployed), "--var", "reload=systemctl reload nginx",
                              "--var", f"passphrase_file={passfile}")
     units = _units(script)
-    assert sorted(units) == ["/etc/systemd/system/mcp-pki-crl-refresh.service",
-                             "/etc/systemd/system/mcp-pki-crl-refresh.timer"]
-    service_text = units["/etc/systemd/system/mcp-pki-crl-refresh.service"]
-    timer_text = units["/etc/systemd/system/mcp-pki-crl-refresh.timer"]
+    # One pair of units per server, so a second server's install does not replace the first's.
+    assert sorted(units) == ["/etc/systemd/system/mcp-pki-crl-refresh-srv.service",
+                             "/etc/systemd/system/mcp-pki-crl-refresh-srv.timer"]
+    service_text = units["/etc/systemd/system/mcp-pki-crl-refresh-srv.service"]
+    timer_text = units["/etc/systemd/system/mcp-pki-crl-refresh-srv.timer"]
     assert PASSPHRASE not in service_text + timer_text
 
     service = _ini(service_text)["Service"]
     publish = f"{shlex.quote(str(VENV_BIN / 'mcp-pki'))} --home {shlex.quote(str(ca.home))}"
     assert service["Type"] == "oneshot"
+    assert service["User"] == pwd.getpwuid(ca.home.stat().st_uid).pw_name
     # systemd hands the passphrase file over as a credential; the command line names only its path.
     assert service["LoadCredential"] == f"ca-passphrase:{passfile}"
     assert service["ExecStart"] == f"{publish} --passphrase-file ${{CREDENTIALS_DIRECTORY}}/ca-passphrase crl"
     # After publishing: the same copy-then-reload as the cron line.
     cron = _cron_command(script)
-    assert cron.startswith(f"{publish} --passphrase-file {shlex.quote(str(passfile))} crl >/dev/null && ")
+    owner = service["User"]
+    assert cron.startswith(f"runuser -u {owner} -- {publish} --passphrase-file {shlex.quote(str(passfile))} crl >/dev/null && ")
     after_publish = cron.split(" crl >/dev/null && ", 1)[1]
-    assert shlex.split(service["ExecStartPost"]) == ["/bin/sh", "-c", after_publish]
+    # "+": root runs the copy and the reload; systemd's double quotes hold the shell command.
+    assert shlex.split(service["ExecStartPost"]) == ["+/bin/sh", "-c", after_publish]
     assert after_publish.startswith(f"install -m 0644 {ca.home / 'crl.pem'} {deployed / 'crl.pem.new'} && mv ")
 
     timer = _ini(timer_text)

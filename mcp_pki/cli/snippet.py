@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from mcp_pki.cli.common import Settings, now, pass_settings
+from mcp_pki.cli.common import Settings, now, pass_settings, warn
 
 
 @click.command()
@@ -50,16 +50,22 @@ def snippet(
 
     home = settings.home()
     if all_ref is None:
-        one = render_one(home, target or "", ref or "", folder=folder, variables=parsed, now=now())
+        rendered = render_one(home, target or "", ref or "", folder=folder, variables=parsed, now=now())
+        (one,) = rendered.snippets
         click.echo(f"# {one.target.name}: {one.target.usage}", err=True)
+        for message in rendered.warnings:
+            warn(message)
         if out is None:
             click.echo(one.text, nl=False)
             return
         contents = {Path(out): one.text}
     else:
-        snippets, readme = render_all(home, all_ref, folder=folder, variables=parsed, now=now())
+        rendered = render_all(home, all_ref, folder=folder, variables=parsed, now=now())
+        for message in rendered.warnings:
+            warn(message)
         bundle = Path(out or ".")
-        contents = {bundle / s.target.file_name: s.text for s in snippets} | {bundle / "README.md": readme}
+        contents = {bundle / s.target.file_name: s.text for s in rendered.snippets}
+        contents[bundle / "README.md"] = rendered.readme or ""
     refuse_existing(list(contents), force=force)
     files = OutputFiles()
     for path, text in contents.items():

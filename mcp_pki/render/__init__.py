@@ -5,6 +5,7 @@ public PEMs) and the target's variables, never a private key. A file of the same
 ``<home>/templates`` overrides the packaged one.
 """
 
+import ipaddress
 import json
 import shlex
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ class CertificateView:
     roles: tuple[str, ...]
     not_after: str
     folder: str  # where the files live on the machine that uses them
+    local: bool  # no --dir: that machine is this one, where the CA home is
     cert_file: str
     key_file: str
     ca_file: str
@@ -41,6 +43,7 @@ class CertificateView:
     cert_pem: str  # the certificate then its intermediates, as in tls.crt
     ca_pem: str
     home: str  # the CA home folder, for commands run where the CA lives
+    home_owner: str  # the user owning it: scheduled jobs run as that user
     tool: str  # the mcp-pki executable, by absolute path when it can be found
     ca_key_encrypted: bool
 
@@ -59,7 +62,35 @@ def target_variables(target: Target, given: dict[str, str]) -> dict[str, str]:
     missing = [v for v in target.variables if v.required and not given.get(v.name)]
     if missing:
         raise InvalidInput(f"{target.name} needs {_describe_missing(missing)}")
-    return {v.name: given.get(v.name, v.default or "") for v in target.variables}
+    values = {v.name: given.get(v.name, v.default or "") for v in target.variables}
+    for variable in target.variables:
+        check_value(variable, values[variable.name])
+    return values
+
+
+def check_value(variable: Variable, value: str) -> None:
+    """Refuse a value that would render a config which fails later, somewhere else."""
+    problem = None
+    if variable.kind == "port":
+        problem = None if value.isdigit() and 1 <= int(value) <= 65535 else "a port number from 1 to 65535"
+    elif variable.kind == "address" and value:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            problem = "an IP address such as 127.0.0.1 or 0.0.0.0"
+    elif variable.kind == "https-url":
+        parts = urlsplit(value)
+        problem = None if parts.scheme == "https" and parts.hostname else "an https:// URL (mutual TLS needs https)"
+    elif variable.kind == "upstream":
+        parts = urlsplit(value)
+        try:
+            parts.port
+            plain = parts.scheme == "http" and bool(parts.hostname) and parts.path in ("", "/") and not parts.query
+        except ValueError:
+            plain = False
+        problem = None if plain else "http://HOST:PORT with no path (the plain-HTTP MCP server)"
+    if problem:
+        raise InvalidInput(f"--var {variable.name}={value!r}: must be {problem}")
 
 
 def _describe_missing(missing: list[Variable]) -> str:
@@ -77,20 +108,25 @@ def render(target: Target, view: CertificateView, variables: dict[str, str], *, 
         raise InvalidInput(f"{target.name} is for {' or '.join(target.kinds)} certificates, not {view.kind}")
     values = target_variables(target, variables)
     environment = _environment(overrides)
-    try:
-        text = environment.get_template(target.template).render(cert=view, var=values, target=target)
-    except jinja2.TemplateError as exc:
-        raise InvalidInput(f"template {target.template} failed: {exc}") from None
+    text = _render_template(environment, target.template, cert=view, var=values, target=target)
     _check_syntax(target, text)
     return text
 
 
 def render_page(template: str, *, overrides: Path | None, **context: object) -> str:
     """A template that is not a target, such as the README of a ``snippet --all`` bundle."""
+    return _render_template(_environment(overrides), template, **context)
+
+
+def _render_template(environment: jinja2.Environment, template: str, **context: object) -> str:
     try:
-        return _environment(overrides).get_template(template).render(**context)
+        return environment.get_template(template).render(**context)
+    except InvalidInput:
+        raise
     except jinja2.TemplateError as exc:
         raise InvalidInput(f"template {template} failed: {exc}") from None
+    except Exception as exc:  # a user's override can fail in any way Python can: name the template
+        raise InvalidInput(f"template {template} failed: {type(exc).__name__}: {exc}") from None
 
 
 def _environment(overrides: Path | None) -> jinja2.Environment:
@@ -103,13 +139,30 @@ def _environment(overrides: Path | None) -> jinja2.Environment:
     )
     environment.policies["json.dumps_kwargs"] = {"sort_keys": False}  # keys in the order written
     environment.filters["shell"] = shlex.quote  # a path with a space stays one word
+    environment.filters["nginx"] = _quote_when_needed  # nginx and Caddyfile tokens
+    environment.filters["caddy"] = _quote_when_needed
     environment.filters["shell_words"] = _shell_words
     environment.filters["url_host"] = lambda url: _split_url(url)[0]
     environment.filters["url_port"] = lambda url: _split_url(url)[1]
-    environment.filters["http_upstream"] = _http_upstream
     environment.filters["cron"] = lambda text: text.replace("%", "\\%")  # cron reads % as a newline
-    environment.filters["systemd"] = lambda text: text.replace("%", "%%").replace("$", "$$")  # specifiers
+    environment.filters["systemd"] = _systemd_escape
+    environment.filters["systemd_quote"] = lambda text: '"' + _systemd_escape(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
     return environment
+
+
+def _systemd_escape(text: str) -> str:
+    """systemd reads % as a specifier and $ as a variable in Exec lines and paths."""
+    return text.replace("%", "%%").replace("$", "$$")
+
+
+def _quote_when_needed(token: str) -> str:
+    """One config-file word: nginx and the Caddyfile both read "..." with backslash escapes.
+
+    Quoted only when needed, so the usual /etc/... paths stay as people write them.
+    """
+    if token and not any(c.isspace() or c in '"\'\\;{}#' for c in token):
+        return token
+    return '"' + token.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _shell_words(text: str) -> list[str]:
@@ -128,15 +181,6 @@ def _split_url(url: str) -> tuple[str, int]:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidInput(f"not an http(s) URL: {url!r}")
     return parts.hostname, port or (443 if parts.scheme == "https" else 80)
-
-
-def _http_upstream(url: str) -> str:
-    """An upstream that Envoy's cluster and Caddy's reverse_proxy can take: http://host:port only."""
-    parts = urlsplit(url)
-    _split_url(url)
-    if parts.scheme != "http" or parts.path not in ("", "/") or parts.query:
-        raise InvalidInput(f"upstream must be http://HOST:PORT with no path (got {url!r})")
-    return url.rstrip("/")
 
 
 def _check_syntax(target: Target, text: str) -> None:

@@ -17,6 +17,9 @@ class Variable:
     name: str
     meaning: str
     default: str | None = None  # None: the user must give it with --var
+    # What a value must be, checked before rendering (see render.check_value): text, port,
+    # address (an IP, or empty where the default is empty), https-url, upstream (http://HOST:PORT).
+    kind: str = "text"
 
     @property
     def required(self) -> bool:
@@ -41,10 +44,13 @@ class Target:
         return next((v for v in self.variables if v.name == name), None)
 
 
-_URL = Variable("url", "the MCP server's endpoint, e.g. https://files.example.com:8443/mcp")
-_PORT = Variable("port", "the TLS port to listen on", "8443")
-_BIND = Variable("bind", "the address to listen on", "0.0.0.0")
-_UPSTREAM = Variable("upstream", "the plain-HTTP MCP server behind the proxy", "http://127.0.0.1:8000")
+_URL = Variable("url", "the MCP server's endpoint, e.g. https://files.example.com:8443/mcp", kind="https-url")
+_PORT = Variable("port", "the TLS port to listen on", "8443", kind="port")
+_BIND = Variable("bind", "the address to listen on", "0.0.0.0", kind="address")
+_UPSTREAM = Variable(
+    "upstream", "the plain-HTTP MCP server behind the proxy, listening on loopback", "http://127.0.0.1:8000",
+    kind="upstream",
+)
 
 TARGETS: tuple[Target, ...] = (
     Target(
@@ -97,7 +103,7 @@ TARGETS: tuple[Target, ...] = (
         "verified identity forwarded",
         "include it in the http block (e.g. /etc/nginx/conf.d/), then nginx -t && nginx -s reload",
         "nginx",
-        (_PORT, Variable("bind", "the address to listen on (empty: every address)", ""), _UPSTREAM),
+        (_PORT, Variable("bind", "the address to listen on (empty: every address)", "", kind="address"), _UPSTREAM),
     ),
     Target(
         "envoy", "envoy.yaml.j2", SERVER,
@@ -131,7 +137,10 @@ TARGETS: tuple[Target, ...] = (
         "sh",
         (
             Variable("reload", "the command that makes the server re-read the CRL", "systemctl reload nginx"),
-            Variable("passphrase_file", "root-only file with the CA passphrase (default: HOME/ca-passphrase)", ""),
+            Variable(
+                "passphrase_file", "root-only file with the CA passphrase",
+                "/etc/credstore/mcp-pki-ca-passphrase",
+            ),
         ),
     ),
 )

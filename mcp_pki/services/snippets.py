@@ -4,7 +4,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path, PurePath
+from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
 
 from mcp_pki.errors import InvalidInput
 from mcp_pki.render import TARGETS, CertificateView, Target, find_target, render, render_page
@@ -21,6 +21,12 @@ BUNDLE_README = "bundle-README.md.j2"
 class Snippet:
     target: Target
     text: str
+
+
+def missing_files(view: CertificateView) -> list[str]:
+    """Files the snippet names that are not on this machine, when they should be here (no
+    --dir): a tls.key that stayed with the requester of a CSR, a removed folder."""
+    return [f for f in (view.cert_file, view.key_file, view.ca_file) if not Path(f).is_file()]
 
 
 def certificate_view(home: Home, ref: str, *, folder: str | None, now: datetime) -> CertificateView:
@@ -41,6 +47,10 @@ def certificate_view(home: Home, ref: str, *, folder: str | None, now: datetime)
 def _view(
     home: Home, certificate: Certificate, folder: str | None, *, cert_pem: str, ca_pem: str, ca_key_encrypted: bool
 ) -> CertificateView:
+    if folder is not None and not (PurePosixPath(folder).is_absolute() or PureWindowsPath(folder).is_absolute()):
+        # Servers resolve a relative path against their own folder (nginx: its prefix;
+        # systemd: /), not against where this command ran.
+        raise InvalidInput(f"--dir must be an absolute path on the machine that uses the files (got {folder!r})")
     if folder is None and certificate.files_dir is None:
         raise InvalidInput(
             f"no folder is on record for {certificate.serial}'s files (issued by an older mcp-pki): "
@@ -57,10 +67,21 @@ def _view(
         name=certificate.name, kind=certificate.kind, serial=certificate.serial, subject=certificate.subject,
         dns_names=sans("DNS:"), ip_addresses=sans("IP:"), uris=sans("URI:"), emails=sans("email:"),
         roles=tuple(certificate.roles), not_after=iso_utc(certificate.not_after),
-        folder=str(base), cert_file=str(base / "tls.crt"), key_file=str(base / "tls.key"),
+        folder=str(base), local=folder is None, cert_file=str(base / "tls.crt"), key_file=str(base / "tls.key"),
         ca_file=str(base / "ca.crt"), crl_file=str(crl), cert_pem=cert_pem, ca_pem=ca_pem,
-        home=str(home.path.absolute()), tool=tool_path(), ca_key_encrypted=ca_key_encrypted,
+        home=str(home.path.absolute()), home_owner=_owner(home.path), tool=tool_path(),
+        ca_key_encrypted=ca_key_encrypted,
     )
+
+
+def _owner(path: Path) -> str:
+    import pwd
+
+    uid = path.stat().st_uid
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:  # a uid with no name (a container's): systemd and runuser take numbers too
+        return str(uid)
 
 
 def tool_path() -> str:
@@ -72,15 +93,30 @@ def tool_path() -> str:
     return shutil.which("mcp-pki") or "mcp-pki"
 
 
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    snippets: list[Snippet]
+    readme: str | None  # with --all: which file goes where
+    warnings: list[str]
+
+
 def render_one(home: Home, target_name: str, ref: str, *, folder: str | None,
-               variables: dict[str, str], now: datetime) -> Snippet:
+               variables: dict[str, str], now: datetime) -> Rendered:
     target = find_target(target_name)
     view = certificate_view(home, ref, folder=folder, now=now)
-    return Snippet(target, render(target, view, variables, overrides=home.templates_dir))
+    snippet = Snippet(target, render(target, view, variables, overrides=home.templates_dir))
+    return Rendered([snippet], None, _warnings(view, folder))
+
+
+def _warnings(view: CertificateView, folder: str | None) -> list[str]:
+    if folder is not None:
+        return []  # another machine's folder: nothing to check here
+    return [f"{path} does not exist (issued from a CSR? moved?): put it there or give --dir"
+            for path in missing_files(view)]
 
 
 def render_all(home: Home, ref: str, *, folder: str | None, variables: dict[str, str],
-               now: datetime) -> tuple[list[Snippet], str]:
+               now: datetime) -> Rendered:
     """Every target for REF's kind, and the README that says which file goes where.
 
     Each target takes the variables it knows. A variable no target knows, or one that a
@@ -106,4 +142,4 @@ def render_all(home: Home, ref: str, *, folder: str | None, variables: dict[str,
         mine = {k: v for k, v in variables.items() if target.variable(k) is not None}
         snippets.append(Snippet(target, render(target, view, mine, overrides=home.templates_dir)))
     readme = render_page(BUNDLE_README, overrides=home.templates_dir, cert=view, snippets=snippets)
-    return snippets, readme
+    return Rendered(snippets, readme, _warnings(view, folder))
