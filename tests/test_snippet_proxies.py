@@ -294,10 +294,14 @@ def test_envoy_config_has_the_listener_tls_identity_and_cluster_asked_for(ca: Cl
     assert manager["forward_client_cert_details"] == "SANITIZE_SET"
     assert manager["set_current_client_cert_details"]["subject"] is True
     [host] = manager["route_config"]["virtual_hosts"]
+    # The identity headers the other fronts set: never the client's own copies.
+    assert set(host["request_headers_to_remove"]) == {"x-client-verify", "x-client-dn", "x-client-serial",
+                                                      "x-client-fingerprint"}
     [route] = host["routes"]
     assert route["match"] == {"prefix": "/"}
     assert route["route"]["cluster"] == cluster["name"] == "mcp_upstream"
     assert route["route"]["timeout"] == "0s"  # a streamed MCP response is never cut off
+    assert route["route"]["host_rewrite_literal"] == "mcp-backend.internal:8123"  # passes DNS-rebinding checks
     [router] = manager["http_filters"]
     assert router["name"] == "envoy.filters.http.router"
 
