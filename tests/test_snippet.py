@@ -324,12 +324,14 @@ def test_uvicorn_env_block_runs_uvicorn_with_client_certificates_required(ca: Cl
     settings = {k: v for k, v in exported.items() if k.startswith("UVICORN_SSL_")}
     assert settings["UVICORN_SSL_CERTFILE"] == str(spaced / "tls.crt")
     assert settings["UVICORN_SSL_CERT_REQS"] == "2"
-    (tmp_path / "app.py").write_text(
-        "async def app(scope, receive, send):\n"
-        "    if scope['type'] != 'http':\n        return\n"
-        "    await send({'type': 'http.response.start', 'status': 200,\n"
-        "                'headers': [(b'content-length', b'6')]})\n"
-        "    await send({'type': 'http.response.body', 'body': b'mcp ok'})\n"
+    (tmp_path / "app.py").write_text(  # any uvicorn-served MCP server
+        "from mcp.server.mcpserver import MCPServer\n"
+        "from mcp.server.transport_security import TransportSecuritySettings\n"
+        "mcp = MCPServer('env-served')\n"
+        "@mcp.tool()\n"
+        "def echo(text: str) -> str:\n    return text\n"
+        "app = mcp.streamable_http_app(\n"
+        "    transport_security=TransportSecuritySettings(allowed_hosts=['127.0.0.1:*']))\n"
     )
     port = _free_port()
     process = subprocess.Popen(
@@ -339,7 +341,11 @@ def test_uvicorn_env_block_runs_uvicorn_with_client_certificates_required(ca: Cl
     )
     try:
         _wait_for_port(port, process)
-        assert https_get(port, client_context(ca, alice)).body == "mcp ok"
+        ca.ok("snippet", "python-client", "alice", "--var", f"url=https://127.0.0.1:{port}/mcp", "--out", "alice.py")
+        called = subprocess.run([sys.executable, str(ca.cwd / "alice.py"), "echo", "text=via uvicorn-env"],
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert (called.returncode, called.stdout) == (0, "via uvicorn-env\n"), called.stderr
+        assert alice.is_dir()
         anonymous = _anonymous_context(ca)
         refused = https_get(port, anonymous)
         assert refused.status is None, refused  # no client certificate: no HTTP at all
@@ -399,10 +405,10 @@ def test_paths_with_spaces_stay_one_word_in_nginx_and_caddy(ca: Cli, tmp_path: P
 
 
 def test_a_snippet_naming_a_key_that_is_not_there_warns(ca: Cli, tmp_path: Path) -> None:
+    from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    from cryptography import x509
 
     key = ec.generate_private_key(ec.SECP256R1())
     csr = x509.CertificateSigningRequestBuilder().subject_name(
