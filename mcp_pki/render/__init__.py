@@ -7,7 +7,6 @@ public PEMs) and the target's variables, never a private key. A file of the same
 
 import ipaddress
 import json
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -15,6 +14,7 @@ from urllib.parse import urlsplit
 import jinja2
 
 from mcp_pki.errors import InvalidInput
+from mcp_pki.render.filters import FILTERS
 from mcp_pki.render.targets import TARGETS, Target, Variable, find_target
 
 __all__ = ["TARGETS", "CertificateView", "Target", "Variable", "find_target", "render", "target_variables"]
@@ -84,7 +84,7 @@ def check_value(variable: Variable, value: str) -> None:
     elif variable.kind == "upstream":
         parts = urlsplit(value)
         try:
-            parts.port
+            _ = parts.port  # a port that is not a number raises here
             plain = parts.scheme == "http" and bool(parts.hostname) and parts.path in ("", "/") and not parts.query
         except ValueError:
             plain = False
@@ -125,7 +125,7 @@ def _render_template(environment: jinja2.Environment, template: str, **context: 
         raise
     except jinja2.TemplateError as exc:
         raise InvalidInput(f"template {template} failed: {exc}") from None
-    except Exception as exc:  # a user's override can fail in any way Python can: name the template
+    except Exception as exc:  # noqa: BLE001 - a user's override can fail in any way Python can: name it
         raise InvalidInput(f"template {template} failed: {type(exc).__name__}: {exc}") from None
 
 
@@ -138,49 +138,8 @@ def _environment(overrides: Path | None) -> jinja2.Environment:
         autoescape=False,
     )
     environment.policies["json.dumps_kwargs"] = {"sort_keys": False}  # keys in the order written
-    environment.filters["shell"] = shlex.quote  # a path with a space stays one word
-    environment.filters["nginx"] = _quote_when_needed  # nginx and Caddyfile tokens
-    environment.filters["caddy"] = _quote_when_needed
-    environment.filters["shell_words"] = _shell_words
-    environment.filters["url_host"] = lambda url: _split_url(url)[0]
-    environment.filters["url_port"] = lambda url: _split_url(url)[1]
-    environment.filters["cron"] = lambda text: text.replace("%", "\\%")  # cron reads % as a newline
-    environment.filters["systemd"] = _systemd_escape
-    environment.filters["systemd_quote"] = lambda text: '"' + _systemd_escape(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    environment.filters.update(FILTERS)
     return environment
-
-
-def _systemd_escape(text: str) -> str:
-    """systemd reads % as a specifier and $ as a variable in Exec lines and paths."""
-    return text.replace("%", "%%").replace("$", "$$")
-
-
-def _quote_when_needed(token: str) -> str:
-    """One config-file word: nginx and the Caddyfile both read "..." with backslash escapes.
-
-    Quoted only when needed, so the usual /etc/... paths stay as people write them.
-    """
-    if token and not any(c.isspace() or c in '"\'\\;{}#' for c in token):
-        return token
-    return '"' + token.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _shell_words(text: str) -> list[str]:
-    try:
-        return shlex.split(text)
-    except ValueError as exc:
-        raise InvalidInput(f"cannot split {text!r} into shell words: {exc}") from None
-
-
-def _split_url(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidInput(f"not an http(s) URL: {url!r}")
-    return parts.hostname, port or (443 if parts.scheme == "https" else 80)
 
 
 def _check_syntax(target: Target, text: str) -> None:
