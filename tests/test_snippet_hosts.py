@@ -127,3 +127,12 @@ def test_a_revoked_teammates_host_entry_fails_with_one_clear_line(setup: McpSetu
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.startswith("Error: ") and "revoked" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_windows_teammates_entry_keeps_windows_paths(setup: McpSetup) -> None:
+    text = setup.ca.ok("snippet", "claude-desktop", "alice", "--var", "url=https://files.example.com/mcp",
+                       "--dir", "C:\\Users\\alice\\mcp", "--var", "command=C:\\Tools\\mcp-pki.exe").stdout
+    entry = launch_entry("claude-desktop", text)
+    assert entry["command"] == "C:\\Tools\\mcp-pki.exe"
+    assert entry["args"][2:] == ["--cert", "C:\\Users\\alice\\mcp\\tls.crt", "--key", "C:\\Users\\alice\\mcp\\tls.key",
+                                 "--ca", "C:\\Users\\alice\\mcp\\ca.crt"]

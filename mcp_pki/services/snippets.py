@@ -56,8 +56,15 @@ def _view(
             f"no folder is on record for {certificate.serial}'s files (issued by an older mcp-pki): "
             "give --dir DIR"
         )
-    # A --dir names a folder on another machine: keep it as written, with that machine's separators.
-    base = PurePath(folder) if folder is not None else Path(certificate.files_dir or "")
+    # A --dir names a folder on another machine: keep it as written, with that machine's
+    # separators (C:\\Users\\alice\\mcp for a teammate's Claude Desktop on Windows).
+    base: PurePath
+    if folder is None:
+        base = Path(certificate.files_dir or "")
+    elif PurePosixPath(folder).is_absolute():
+        base = PurePosixPath(folder)
+    else:
+        base = PureWindowsPath(folder)
     crl = base / "crl.pem" if folder is not None else home.crl_file.absolute()
 
     def sans(prefix: str) -> tuple[str, ...]:
@@ -75,9 +82,10 @@ def _view(
 
 
 def _owner(path: Path) -> str:
+    import os
     import pwd
 
-    uid = path.stat().st_uid
+    uid = path.stat().st_uid if path.exists() else os.getuid()  # a PostgreSQL inventory needs no home
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:  # a uid with no name (a container's): systemd and runuser take numbers too
