@@ -8,18 +8,19 @@ teardown.
 
 import json
 import os
-import select
+import queue
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Self, TextIO
 
 import anyio
 import mcp_types as types
@@ -44,14 +45,17 @@ from tests.test_tls_revocation import (
 
 MCP_PKI = str(VENV_BIN / "mcp-pki")
 SESSION_TIMEOUT = 60.0  # seconds: a whole SDK session, start-up included
-SDK_MISSING = "Error: mcp-pki bridge needs the MCP Python SDK: pip install 'mcp-pki[bridge]'"
+# The exact command for the interpreter the console script runs on (its shebang: ours).
+SDK_MISSING = f"Error: mcp-pki bridge needs the MCP Python SDK: {sys.executable} -m pip install 'mcp>=2.3,<3'"
 INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
     "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "pipe", "version": "1"}}}
 
 # The remote MCP server: a tool, a tool that logs to the client (a notification), a tool
 # that asks the client (a server-initiated request), a tool that reports the headers its
-# request came with, and a resource.
+# request came with, a slow tool, a tool that notifies the client after it has answered
+# (outside any request: on the GET stream), and a resource.
 SERVER_SCRIPT = '''
+import asyncio
 import json
 import ssl
 import sys
@@ -98,6 +102,32 @@ def whoami(ctx: Context) -> str:
                        "version": headers.get("mcp-protocol-version")})
 
 
+@server.tool()
+async def slow(seconds: float, ctx: Context) -> str:
+    """Says it started (so the client knows the server has the request), then takes its time."""
+    await ctx.info("sleeping")
+    await asyncio.sleep(seconds)
+    return "done"
+
+
+later = set()
+
+
+@server.tool()
+async def announce(ctx: Context) -> str:
+    """Answers at once; half a second later tells the client its tools changed."""
+    session = ctx.session
+
+    async def notify() -> None:
+        await asyncio.sleep(0.5)
+        await session.send_tool_list_changed()
+
+    task = asyncio.get_running_loop().create_task(notify())
+    later.add(task)
+    task.add_done_callback(later.discard)
+    return "announced"
+
+
 @server.resource("test://greeting")
 def greeting() -> str:
     return "hello through the bridge"
@@ -110,6 +140,50 @@ uvicorn.run(app, host="127.0.0.1", port=int(port), ssl_certfile=cert, ssl_keyfil
             ssl_ca_certs=ca, ssl_cert_reqs=ssl.CERT_REQUIRED, log_level="warning")
 '''
 
+# A small HTTP server in front of which the bridge must fail or cope: 401 or 403 at the paths
+# of those names; at any other path a session-less MCP endpoint that answers `initialize`,
+# then cuts every other answer short (invalid JSON).
+FAKE_SERVER_SCRIPT = '''
+import json
+import ssl
+import sys
+
+import uvicorn
+
+port, cert, key, ca = sys.argv[1:5]
+
+
+async def app(scope, receive, send):
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    if scope["path"] in ("/401", "/403"):
+        return await answer(send, int(scope["path"][1:]), b"{}")
+    if scope["method"] != "POST":
+        return await answer(send, 405, b"")
+    request = json.loads(body)
+    if "id" not in request:
+        return await answer(send, 202, b"")
+    if request["method"] == "initialize":
+        result = {"protocolVersion": request["params"]["protocolVersion"], "capabilities": {},
+                  "serverInfo": {"name": "fake", "version": "1"}}
+        return await answer(send, 200, json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": result}).encode())
+    return await answer(send, 200, b\'{"jsonrpc": "2.0", "id": %d, "result": {"conte\' % request["id"])
+
+
+async def answer(send, status, body):
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+uvicorn.run(app, host="127.0.0.1", port=int(port), ssl_certfile=cert, ssl_keyfile=key, ssl_ca_certs=ca,
+            ssl_cert_reqs=ssl.CERT_REQUIRED, lifespan="off", log_level="warning")
+'''
+
 
 # --------------------------------------------------------------------------- helpers
 
@@ -117,10 +191,11 @@ uvicorn.run(app, host="127.0.0.1", port=int(port), ssl_certfile=cert, ssl_keyfil
 class McpServer:
     """One MCP server process requiring client certificates issued by `ca_file`."""
 
-    def __init__(self, folder: Path, srv: Path, ca_file: Path, allowed_host: str = "127.0.0.1:*") -> None:
+    def __init__(self, folder: Path, srv: Path, ca_file: Path, allowed_host: str = "127.0.0.1:*",
+                 script: str = SERVER_SCRIPT) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.script = folder / "mcp_server.py"
-        self.script.write_text(SERVER_SCRIPT)
+        self.script.write_text(script)
         self.log = folder / "server.log"
         self.srv, self.ca_file, self.allowed_host = srv, ca_file, allowed_host
         self.process: subprocess.Popen[bytes] | None = None
@@ -130,9 +205,10 @@ class McpServer:
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}/mcp"
 
-    def start(self) -> None:
+    def start(self, port: int | None = None) -> None:
+        """On `port`, else on a free one."""
         for _attempt in range(3):  # the free port may be taken between probe and bind
-            self.port = _free_port()
+            self.port = port or _free_port()
             with open(self.log, "ab") as sink:
                 self.process = subprocess.Popen(
                     [sys.executable, str(self.script), str(self.port), str(self.srv / "tls.crt"),
@@ -146,6 +222,11 @@ class McpServer:
                 break
         raise AssertionError(f"the MCP server did not start:\n{self.log.read_text(errors='replace')}")
 
+    def restart(self) -> None:
+        """A new server process on the same port: it knows none of the old sessions."""
+        self.stop()
+        self.start(self.port)
+
     def _listening(self) -> bool:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -158,6 +239,13 @@ class McpServer:
             except OSError:
                 time.sleep(0.05)
         return False
+
+    def kill(self) -> None:
+        """Dies at once, as in a crash: no graceful shutdown closes its streams."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)  # our unreaped child: its group is ours
+            self.process.wait(5)
+        self.process = None
 
     def stop(self) -> None:
         process, self.process = self.process, None
@@ -173,8 +261,9 @@ class McpServer:
 
 
 @contextmanager
-def serve(folder: Path, srv: Path, ca_file: Path, allowed_host: str = "127.0.0.1:*") -> Iterator[McpServer]:
-    server = McpServer(folder, srv, ca_file, allowed_host)
+def serve(folder: Path, srv: Path, ca_file: Path, allowed_host: str = "127.0.0.1:*",
+          script: str = SERVER_SCRIPT) -> Iterator[McpServer]:
+    server = McpServer(folder, srv, ca_file, allowed_host, script)
     try:
         server.start()
         yield server
@@ -234,6 +323,75 @@ def assert_refused(result: subprocess.CompletedProcess[str], *fragments: str) ->
         assert fragment.lower() in lines[0].lower(), lines[0]
 
 
+class PipedBridge:
+    """The bridge as a host runs it, driven a line at a time: stdin and stdout are pipes."""
+
+    def __init__(self, cli: Cli, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [MCP_PKI, "bridge", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, cwd=cli.cwd, env=bridge_env(cli.home),
+        )
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.put(line)
+
+    def send(self, *messages: dict[str, Any]) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write("".join(json.dumps(m) + "\n" for m in messages))
+        self.process.stdin.flush()
+
+    def receive(self, timeout: float = 30) -> dict[str, Any]:
+        try:
+            message: dict[str, Any] = json.loads(self._lines.get(timeout=timeout))
+        except queue.Empty:
+            raise AssertionError(f"no message from the bridge within {timeout} s") from None
+        return message
+
+    def receive_until(self, condition: Callable[[dict[str, Any]], bool], timeout: float = 30) -> dict[str, Any]:
+        """The first message that meets `condition`, skipping others (notifications)."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if condition(message := self.receive(left)):
+                return message
+        raise AssertionError(f"no such message from the bridge within {timeout} s")
+
+    def exit_code(self, timeout: float) -> int:
+        """Waits for the exit: the host still holds stdin open, the bridge must leave on its own."""
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the bridge still runs after {timeout} s") from None
+
+    def stderr_lines(self) -> list[str]:
+        assert self.process.stderr is not None and self.process.poll() is not None
+        return self.process.stderr.read().splitlines()
+
+    def unread(self) -> list[str]:
+        """What the bridge wrote to stdout that no test has read (once it has exited)."""
+        self._reader.join(TIMEOUT)
+        return [self._lines.get() for _ in range(self._lines.qsize())]
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(TIMEOUT)
+
+
+def call(message_id: int, tool: str, **arguments: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": message_id, "method": "tools/call", "params": {"name": tool, "arguments": arguments}}
+
+
+INITIALIZED = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+
+
 def bridge_parameters(cli: Cli, url: str, *args: str) -> StdioServerParameters:
     """How an MCP host's config launches the bridge."""
     return StdioServerParameters(command=MCP_PKI, args=["bridge", url, *args],
@@ -246,7 +404,7 @@ def text_of(result: types.CallToolResult) -> str:
     return content.text
 
 
-def issue_expired_client(cli: Cli, name: str) -> None:
+def issue_expired_client(cli: Cli, name: str) -> Path:
     """A client certificate that expired an hour ago, through the service layer's clock."""
     from mcp_pki.pki.names import SubjectAltNames
     from mcp_pki.pki.profiles import CertificateKind
@@ -259,6 +417,7 @@ def issue_expired_client(cli: Cli, name: str) -> None:
         OutputRequest(cli.cwd / name), passphrase=lambda: PASSPHRASE.encode(),
         now=datetime.now(UTC) - timedelta(hours=2),
     )
+    return cli.cwd / name
 
 
 # --------------------------------------------------------------------------- 1. sessions
@@ -287,7 +446,7 @@ def test_sdk_host_uses_the_remote_server_through_the_bridge(pki: Cli, server: Mc
                 init = await session.initialize()
                 assert init.server_info.name == "bridge-test-server"  # the remote's own name
                 tools = await session.list_tools()
-                assert {t.name for t in tools.tools} == {"echo", "shout", "ask", "whoami"}
+                assert {t.name for t in tools.tools} == {"echo", "shout", "ask", "whoami", "slow", "announce"}
                 assert text_of(await session.call_tool("echo", {"text": "through"})) == "through"
                 assert text_of(await session.call_tool("shout", {"text": "hey"})) == "HEY"
                 assert logs == ["shouting hey"]  # the notification the server sent on the way
@@ -361,6 +520,30 @@ def test_piped_requests_are_answered_and_the_bridge_exits_0_when_stdin_closes(pk
     assert "Error" not in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_notification_outside_any_request_reaches_the_host(pki: Cli, server: McpServer, tmp_path: Path) -> None:
+    """Sent after the tool has answered, with no request in flight: it comes on the GET stream."""
+    issue_client(pki, "nora")
+    changed = anyio.Event()
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            changed.set()
+
+    async def host(errlog: TextIO) -> None:
+        with anyio.fail_after(SESSION_TIMEOUT):
+            async with stdio_client(bridge_parameters(pki, server.url, "--as", "nora"), errlog=errlog) as (
+                read, write,
+            ), ClientSession(read, write, message_handler=on_message) as session:
+                await session.initialize()
+                assert text_of(await session.call_tool("announce", {})) == "announced"
+                assert not changed.is_set()
+                with anyio.fail_after(TIMEOUT):
+                    await changed.wait()
+
+    with open(tmp_path / "bridge.stderr", "w") as errlog:
+        anyio.run(host, errlog)
+
+
 # --------------------------------------------------------------------------- 2. refusals before any traffic
 
 
@@ -376,6 +559,83 @@ def test_a_revoked_certificate_is_refused_by_the_inventory_and_by_the_crl(pki: C
 def test_an_expired_certificate_is_refused(pki: Cli, server: McpServer) -> None:
     issue_expired_client(pki, "erin")
     assert_refused(run_bridge(pki, server.url, "--as", "erin"), "erin", "expired")
+
+
+def test_an_expired_certificate_given_as_files_is_refused(pki: Cli, server: McpServer) -> None:
+    otto = issue_expired_client(pki, "otto")
+    result = run_bridge(pki, server.url, "--cert", str(otto / "tls.crt"), "--key", str(otto / "tls.key"))
+    assert_refused(result, "otto", "expired", "renew it")
+
+
+def test_a_server_certificate_for_another_name_is_named(pki: Cli, tmp_path: Path) -> None:
+    """Our CA issued it, so it is trusted: the name is what is wrong, and the error says so."""
+    issue_client(pki, "quinn")
+    pki.ok("issue", "server", "elsewhere", "--dns", "elsewhere.example.com")
+    with serve(tmp_path / "elsewhere", pki.cwd / "elsewhere", pki.home / "ca.crt") as elsewhere:
+        result = run_bridge(pki, elsewhere.url, "--as", "quinn")
+    assert_refused(result, "not valid for 127.0.0.1 (hostname mismatch)", "--ip 127.0.0.1")
+    assert "not trusted" not in result.stderr
+
+
+def test_a_wrong_path_is_named(pki: Cli, server: McpServer) -> None:
+    issue_client(pki, "sam")
+    url = server.url.replace("/mcp", "/nothing-here")
+    assert_refused(run_bridge(pki, url, "--as", "sam"), f"no MCP endpoint at {url} (HTTP 404): check the path")
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_server_that_wants_other_authentication_is_named(pki: Cli, tmp_path: Path, status: int) -> None:
+    issue_client(pki, f"tess{status}")
+    with serve(tmp_path / "fake", pki.cwd / "srv", pki.home / "ca.crt", script=FAKE_SERVER_SCRIPT) as fake:
+        url = f"https://127.0.0.1:{fake.port}/{status}"
+        assert_refused(run_bridge(pki, url, "--as", f"tess{status}"),
+                       f"the server at {url} wants other authentication (HTTP {status})")
+
+
+def test_the_ca_beside_the_certificate_wins_over_the_homes(pki: Cli, other_pki: Cli, server: McpServer) -> None:
+    """A teammate's home holds the root of another CA (their own): the ca.crt that came with
+    the certificate decides whom the bridge trusts."""
+    uma = issue_client(pki, "uma")
+    result = run_bridge(pki, server.url, "--cert", str(uma / "tls.crt"), "--key", str(uma / "tls.key"),
+                        env=bridge_env(other_pki.home))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["result"]["serverInfo"]["name"] == "bridge-test-server"
+    # Nor does that home's crl.pem, which cannot speak for our CA: the bridge says so.
+    crl = other_pki.home / "crl.pem"
+    assert result.stderr.splitlines()[1:] == [
+        f"mcp-pki bridge: warning: {crl} holds no CRL of CN=Bridge Issuing CA,O=Example; revocation is left to the server"
+    ]
+
+
+def test_without_a_crl_the_bridge_says_that_it_cannot_check_revocation(
+    pki: Cli, server: McpServer, tmp_path: Path
+) -> None:
+    vic = issue_client(pki, "vic")
+    home = tmp_path / "teammate-home"  # no CA, no inventory, no crl.pem: only the bundle
+    home.mkdir()
+    result = run_bridge(pki, server.url, "--cert", str(vic / "tls.crt"), "--key", str(vic / "tls.key"),
+                        env=bridge_env(home))
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[1:] == [f"mcp-pki bridge: warning: no CRL at {home / 'crl.pem'}; revocation is left to the server"]
+
+
+def test_the_sdks_tracebacks_stay_out_of_the_hosts_log(pki: Cli, tmp_path: Path) -> None:
+    """An answer cut short: the SDK answers the host with a parse error and logs the whole
+    traceback, which a host shows as a crash. Without -v: one line."""
+    issue_client(pki, "walt")
+    messages = [INITIALIZE, INITIALIZED, call(2, "echo", text="x")]
+    with serve(tmp_path / "fake", pki.cwd / "srv", pki.home / "ca.crt", script=FAKE_SERVER_SCRIPT) as fake:
+        result = subprocess.run(
+            [MCP_PKI, "bridge", fake.url, "--as", "walt"], input="".join(json.dumps(m) + "\n" for m in messages),
+            capture_output=True, text=True, timeout=60, cwd=pki.cwd, env=bridge_env(pki.home), check=False,
+        )
+    assert result.returncode == 0, result.stderr
+    answers = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [a["id"] for a in answers] == [1, 2] and answers[1]["error"]["code"] == -32700, answers
+    assert "Traceback" not in result.stderr
+    logged = result.stderr.splitlines()[1:]
+    assert len(logged) == 1 and "Error parsing JSON response" in logged[0], logged
 
 
 def test_a_key_that_does_not_match_is_refused(pki: Cli, server: McpServer) -> None:
@@ -396,7 +656,7 @@ def test_a_server_certificate_from_another_ca_is_not_trusted(
     issue_client(pki, "ivan")
     with serve(tmp_path / "stranger", other_pki.cwd / "srv", other_pki.home / "ca.crt") as stranger:
         assert_refused(run_bridge(pki, stranger.url, "--as", "ivan"),
-                       "not trusted", "unable to get local issuer certificate", str(pki.home / "ca.crt"))
+                       "not trusted", "unable to get local issuer certificate", str(pki.cwd / "ivan" / "ca.crt"))
 
 
 def test_a_server_that_refuses_our_certificate_is_named(pki: Cli, other_pki: Cli, server: McpServer) -> None:
@@ -457,35 +717,83 @@ def test_the_probe_names_a_refusal_in_either_tls_version(ca: Cli, tls_version: s
         assert "certificate revoked" in str(refused.value)
 
 
-def test_losing_the_server_mid_session_ends_the_bridge_with_one_error(pki: Cli, tmp_path: Path) -> None:
-    """The host still holds stdin open: the bridge must not wait for its next line to exit."""
+# --------------------------------------------------------------------------- 3. the server side goes away
+
+
+def test_a_restarted_server_ends_the_bridge_after_answering_the_request(pki: Cli, tmp_path: Path) -> None:
+    """The new server process does not know our session: every request would fail. The host
+    gets the server's own answer, then the bridge exits 1, which makes the host start it
+    again (with a new session). No `notifications/initialized`: no GET stream, so the request
+    is what meets the 404."""
+    issue_client(pki, "ruth")
+    with serve(tmp_path / "restarting", pki.cwd / "srv", pki.home / "ca.crt") as restarting, \
+            PipedBridge(pki, restarting.url, "--as", "ruth") as bridge:
+        bridge.send(INITIALIZE)
+        assert bridge.receive()["id"] == 1
+        restarting.restart()
+        bridge.send(call(2, "echo", text="x"))
+        answer = bridge.receive()
+        assert answer["id"] == 2 and answer["error"]["message"] == "Session not found", answer
+        assert bridge.exit_code(TIMEOUT * 3) == 1
+        lines = bridge.stderr_lines()
+        assert lines[-1].startswith(f"Error: the server at 127.0.0.1:{restarting.port} ended the session"), lines
+        assert not any("Traceback" in line for line in lines)
+        assert bridge.unread() == []
+
+
+def test_a_server_that_dies_while_the_host_is_silent_ends_the_bridge(pki: Cli, tmp_path: Path) -> None:
+    """The host still holds stdin open and sends nothing more: the bridge leaves by itself."""
     issue_client(pki, "lena")
-    with serve(tmp_path / "doomed", pki.cwd / "srv", pki.home / "ca.crt") as doomed:
-        bridge = subprocess.Popen(
-            [MCP_PKI, "bridge", doomed.url, "--as", "lena"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, cwd=pki.cwd, env=bridge_env(pki.home),
-        )
-        try:
-            assert bridge.stdin is not None and bridge.stdout is not None
-            bridge.stdin.write(json.dumps(INITIALIZE) + "\n")
-            bridge.stdin.flush()
-            ready, _, _ = select.select([bridge.stdout], [], [], 30)
-            assert ready, "no answer to initialize within 30 s"
-            assert json.loads(bridge.stdout.readline())["id"] == 1
-            doomed.stop()
-            call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "echo", "arguments": {}}}
-            bridge.stdin.write(json.dumps(call) + "\n")
-            bridge.stdin.flush()
-            assert bridge.wait(TIMEOUT * 2) == 1
-            assert bridge.stdout.read() == ""
-            assert bridge.stderr is not None
-            lines = bridge.stderr.read().splitlines()
-            assert lines[-1].startswith(f"Error: lost the connection to 127.0.0.1:{doomed.port}"), lines
-            assert not any("Traceback" in line for line in lines)
-        finally:
-            if bridge.poll() is None:
-                bridge.kill()
-                bridge.wait(TIMEOUT)
+    with serve(tmp_path / "doomed", pki.cwd / "srv", pki.home / "ca.crt") as doomed, \
+            PipedBridge(pki, doomed.url, "--as", "lena") as bridge:
+        bridge.send(INITIALIZE)
+        assert bridge.receive()["id"] == 1
+        # Once `ping` is answered, the notification before it has been posted: the GET stream opens.
+        bridge.send(INITIALIZED, {"jsonrpc": "2.0", "id": 2, "method": "ping"})
+        assert bridge.receive()["id"] == 2
+        doomed.kill()
+        assert bridge.exit_code(TIMEOUT * 3) == 1
+        lines = bridge.stderr_lines()
+        assert lines[-1].startswith(f"Error: lost the connection to 127.0.0.1:{doomed.port}"), lines
+        assert not any("Traceback" in line for line in lines)
+        assert bridge.unread() == []
+
+
+def test_a_request_in_flight_when_the_server_dies_gets_an_error(pki: Cli, tmp_path: Path) -> None:
+    issue_client(pki, "mona")
+    with serve(tmp_path / "doomed", pki.cwd / "srv", pki.home / "ca.crt") as doomed, \
+            PipedBridge(pki, doomed.url, "--as", "mona") as bridge:
+        bridge.send(INITIALIZE)
+        assert bridge.receive()["id"] == 1
+        bridge.send(INITIALIZED, call(2, "slow", seconds=60))
+        log = bridge.receive_until(lambda m: m.get("method") == "notifications/message")
+        assert log["params"]["data"] == "sleeping"  # the server has the request
+        doomed.kill()
+        answer = bridge.receive_until(lambda m: "id" in m, timeout=TIMEOUT * 3)
+        assert answer["id"] == 2 and answer["error"]["code"] == -32000, answer
+        assert bridge.exit_code(TIMEOUT * 3) == 1
+        lines = bridge.stderr_lines()
+        assert lines[-1].startswith(f"Error: lost the connection to 127.0.0.1:{doomed.port}"), lines
+
+
+def test_answers_still_missing_when_stdin_closes_are_reported(pki: Cli, server: McpServer) -> None:
+    """The bridge drains for 1 s only (the SDK's stdio client sends SIGTERM 2 s after closing
+    stdin): what is left gets an error answer, a count on stderr and exit 1, not silence."""
+    issue_client(pki, "paul")
+    messages = [INITIALIZE, INITIALIZED, call(2, "slow", seconds=3)]
+    started = time.monotonic()
+    result = subprocess.run(
+        [MCP_PKI, "bridge", server.url, "--as", "paul"], input="".join(json.dumps(m) + "\n" for m in messages),
+        capture_output=True, text=True, timeout=60, cwd=pki.cwd, env=bridge_env(pki.home), check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert time.monotonic() - started < 10
+    answers = [m for m in map(json.loads, result.stdout.splitlines()) if "id" in m]
+    assert [a["id"] for a in answers] == [1, 2], answers
+    assert "stdin closed" in answers[1]["error"]["message"]
+    lines = result.stderr.splitlines()
+    assert lines[-1].startswith("Error: stdin closed with 1 request(s) still unanswered"), lines
+    assert "tools/call id 2" in lines[-1]
 
 
 def test_without_the_sdk_the_bridge_says_what_to_install(pki: Cli, tmp_path: Path) -> None:
@@ -498,7 +806,7 @@ def test_without_the_sdk_the_bridge_says_what_to_install(pki: Cli, tmp_path: Pat
     assert result.stderr.strip() == SDK_MISSING
 
 
-# --------------------------------------------------------------------------- 3. arguments and the inventory
+# --------------------------------------------------------------------------- 4. arguments and the inventory
 
 
 def test_arguments_and_references_are_checked_first(ca: Cli) -> None:
@@ -547,4 +855,4 @@ def test_help_needs_neither_the_sdk_nor_the_heavy_libraries() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
-    assert "--as REF" in result.stdout and "mcp-pki[bridge]" in result.stdout
+    assert "--as REF" in result.stdout and "mcp>=2.3,<3" in result.stdout and "mcp-pki[bridge]" not in result.stdout

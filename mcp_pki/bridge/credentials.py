@@ -4,7 +4,7 @@ A bad certificate is cheaper to explain here than after a server has closed the 
 without saying why (TLS 1.3 servers refuse a client certificate after the handshake).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -34,11 +34,12 @@ class ClientCredentials:
 
 @dataclass(frozen=True, slots=True)
 class CheckedCertificate:
-    """What the start-up line and the expiry warning say about the certificate."""
+    """What the start-up lines say about the certificate."""
 
     common_name: str
     serial: str
     not_after: datetime
+    revocation_unchecked: str | None = None  # why no CRL could say whether it is revoked
 
     @property
     def label(self) -> str:
@@ -118,15 +119,17 @@ def check(credentials: ClientCredentials, crl_file: Path, *, now: datetime) -> C
     if usages is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
         raise BridgeError(f"the certificate {checked.label} is not a client certificate "
                           "(its extended key usage has no clientAuth)")
-    if crl_file.is_file():
-        _check_not_revoked(leaf, [*chain[1:], *trusted], crl_file, checked)
+    if not crl_file.is_file():
+        return replace(checked, revocation_unchecked=f"no CRL at {crl_file}")
+    if not _check_not_revoked(leaf, [*chain[1:], *trusted], crl_file, checked):
+        return replace(checked, revocation_unchecked=f"{crl_file} holds no CRL of {leaf.issuer.rfc4514_string()}")
     return checked
 
 
 def _check_not_revoked(
     leaf: x509.Certificate, cas: list[x509.Certificate], crl_file: Path, checked: CheckedCertificate
-) -> None:
-    """Look the serial up in the CRL of the leaf's issuer, when ``crl.pem`` holds one.
+) -> bool:
+    """Look the serial up in the CRL of the leaf's issuer, when ``crl.pem`` holds one (True).
 
     A CRL is believed only when its issuer's signature verifies: a CRL of another CA with
     the same name must not refuse our certificate. A certificate of a CA that has no CRL in
@@ -137,15 +140,18 @@ def _check_not_revoked(
     except InvalidInput as exc:
         raise BridgeError(f"cannot use {crl_file}: {exc}") from None
     issuers = [ca for ca in cas if ca.subject == leaf.issuer]
+    consulted = False
     for crl in crls:
         if crl.issuer != leaf.issuer or not any(_signed_by(crl, ca) for ca in issuers):
             continue
+        consulted = True
         entry = crl.get_revoked_certificate_by_serial_number(leaf.serial_number)
         if entry is not None:
             raise BridgeError(
                 f"the certificate {checked.label} was revoked on "
                 f"{entry.revocation_date_utc:%Y-%m-%d %H:%M} UTC ({_reason(entry)}) according to {crl_file}"
             )
+    return consulted
 
 
 def _signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
@@ -164,13 +170,18 @@ def _reason(entry: x509.RevokedCertificate) -> str:
 
 
 def _default_ca_file(home: Home, cert_file: Path) -> Path:
-    """The home's root, else the ``ca.crt`` that `issue` wrote beside the certificate."""
-    for candidate in (home.root_certificate_file, cert_file.parent / CA_FILE):
+    """The ``ca.crt`` that `issue` wrote beside the certificate, else the home's root.
+
+    The file beside the certificate came with it, so it is the root of the CA that issued it;
+    a teammate's home may hold another CA's root (their own test CA, say), which must not
+    decide whom the bridge trusts.
+    """
+    for candidate in (cert_file.parent / CA_FILE, home.root_certificate_file):
         if candidate.is_file():
             return candidate
     raise BridgeError(
-        f"no CA certificate to trust (neither {home.root_certificate_file} nor "
-        f"{cert_file.parent / CA_FILE} exists): pass --ca FILE"
+        f"no CA certificate to trust (neither {cert_file.parent / CA_FILE} nor "
+        f"{home.root_certificate_file} exists): pass --ca FILE"
     )
 
 

@@ -6,6 +6,7 @@ on its own, with the very TLS context the relay will use, and sends one small HT
 each way this can fail gets its own sentence.
 """
 
+import ipaddress
 import socket
 import ssl
 from collections.abc import Callable
@@ -26,6 +27,8 @@ _CERTIFICATE_ALERTS = (
 )
 # nginx with `ssl_verify_client on` completes the handshake, then answers 400 with one of these.
 _NGINX_REFUSALS = (b"No required SSL certificate was sent", b"The SSL certificate error")
+# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH.
+_NAME_MISMATCHES = (62, 64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,19 +79,43 @@ def client_context(credentials: ClientCredentials) -> ssl.SSLContext:
 def probe(endpoint: Endpoint, context: ssl.SSLContext, *, trusted: str, timeout: float = TIMEOUT) -> None:
     """Connect, handshake, send a GET and read the answer's head; raise on any refusal.
 
-    Any HTTP answer proves the server took our certificate (an MCP endpoint answers a bare
-    GET with 400 or 405), except the two that say otherwise: nginx's 400 about the client
-    certificate, and 421 from a server that does not accept the host name we connect with.
+    An MCP endpoint answers a bare GET with 400 or 405 (or opens a stream), and any answer
+    proves the server took our certificate. These say the relay would fail: nginx's 400 about
+    the client certificate, 421 (a host name the server does not accept), 404 (nothing at that
+    path) and 401/403 (the server wants credentials the bridge cannot send).
     """
+    status, body = _ask(endpoint, context, trusted, timeout, _get(endpoint))
+    if status == 404:
+        # A server that routes only POST to its endpoint answers a GET with 404, not 405:
+        # a POST is the proof (a ping, harmless wherever it lands).
+        status, body = _ask(endpoint, context, trusted, timeout, _post_ping(endpoint))
+    if status == 421:
+        raise BridgeError(
+            f"the server at {endpoint.address} does not accept the host name {endpoint.host_header} "
+            "(HTTP 421): add it to the server's allowed hosts"
+        )
+    if status == 404:
+        raise BridgeError(f"no MCP endpoint at {endpoint.url} (HTTP 404): check the path")
+    if status in (401, 403):
+        raise BridgeError(
+            f"the server at {endpoint.url} wants other authentication (HTTP {status}): "
+            "the bridge presents only the client certificate"
+        )
+    refusal = next((sign for sign in _NGINX_REFUSALS if sign in body), None)
+    if status == 400 and refusal is not None:
+        raise _refused(endpoint, refusal.decode("ascii"))
+
+
+def _ask(
+    endpoint: Endpoint, context: ssl.SSLContext, trusted: str, timeout: float, request: bytes
+) -> tuple[int, bytes]:
+    """One request on a connection of its own: (status, start of the body)."""
     raw = _connect(endpoint, timeout)
     with raw:
         try:
             tls = context.wrap_socket(raw, server_hostname=endpoint.host)
         except ssl.SSLCertVerificationError as exc:
-            raise BridgeError(
-                f"the server certificate of {endpoint.address} is not trusted: {exc.verify_message.rstrip('.')} "
-                f"(the bridge trusts only {trusted})"
-            ) from None
+            raise _untrusted(endpoint, exc, trusted) from None
         except ssl.SSLError as exc:
             if _is_certificate_alert(exc):
                 raise _refused(endpoint, _reason(exc)) from None
@@ -98,15 +125,30 @@ def probe(endpoint: Endpoint, context: ssl.SSLContext, *, trusted: str, timeout:
         except OSError as exc:
             raise _refused(endpoint, _reason(exc)) from None
         with tls:
-            status, body = _exchange(tls, endpoint, timeout)
-    if status == 421:
-        raise BridgeError(
-            f"the server at {endpoint.address} does not accept the host name {endpoint.host_header} "
-            "(HTTP 421): add it to the server's allowed hosts"
+            return _exchange(tls, endpoint, timeout, request)
+
+
+def _untrusted(endpoint: Endpoint, exc: ssl.SSLCertVerificationError, trusted: str) -> BridgeError:
+    if exc.verify_code in _NAME_MISMATCHES:
+        # Our CA may well have issued it: the name is what is wrong, not the trust.
+        option = "--ip" if _is_address(endpoint.host) else "--dns"
+        return BridgeError(
+            f"the server certificate of {endpoint.address} is not valid for {endpoint.host} "
+            f"(hostname mismatch): connect by a name the certificate holds, or reissue it with "
+            f"{option} {endpoint.host}"
         )
-    refusal = next((sign for sign in _NGINX_REFUSALS if sign in body), None)
-    if status == 400 and refusal is not None:
-        raise _refused(endpoint, refusal.decode("ascii"))
+    return BridgeError(
+        f"the server certificate of {endpoint.address} is not trusted: {exc.verify_message.rstrip('.')} "
+        f"(the bridge trusts only {trusted})"
+    )
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _connect(endpoint: Endpoint, timeout: float) -> socket.socket:
@@ -122,13 +164,25 @@ def _connect(endpoint: Endpoint, timeout: float) -> socket.socket:
         raise BridgeError(f"cannot connect to {endpoint.address}: {_reason(exc)}") from None
 
 
-def _exchange(tls: ssl.SSLSocket, endpoint: Endpoint, timeout: float) -> tuple[int, bytes]:
-    """(status, start of the body) of a GET to the endpoint. Under TLS 1.3 a refusal of our
-    certificate arrives here, as an alert or a closed connection."""
-    request = (
+def _get(endpoint: Endpoint) -> bytes:
+    return (
         f"GET {endpoint.target} HTTP/1.1\r\nHost: {endpoint.host_header}\r\n"
         "Accept: text/event-stream\r\nUser-Agent: mcp-pki-bridge\r\nConnection: close\r\n\r\n"
     ).encode("ascii")
+
+
+def _post_ping(endpoint: Endpoint) -> bytes:
+    body = b'{"jsonrpc":"2.0","id":"mcp-pki-bridge-probe","method":"ping"}'
+    return (
+        f"POST {endpoint.target} HTTP/1.1\r\nHost: {endpoint.host_header}\r\n"
+        "Accept: application/json, text/event-stream\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nUser-Agent: mcp-pki-bridge\r\nConnection: close\r\n\r\n"
+    ).encode("ascii") + body
+
+
+def _exchange(tls: ssl.SSLSocket, endpoint: Endpoint, timeout: float, request: bytes) -> tuple[int, bytes]:
+    """(status, start of the body) of the request. Under TLS 1.3 a refusal of our
+    certificate arrives here, as an alert or a closed connection."""
     try:
         tls.sendall(request)
         data = _receive(tls, lambda data: b"\r\n\r\n" in data)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from mcp_pki.bridge import BridgeError, require_sdk
+from mcp_pki.bridge import BridgeError, exception_leaves, require_sdk
 from mcp_pki.bridge.credentials import CheckedCertificate, check, from_files, from_inventory
 from mcp_pki.bridge.probe import Endpoint, client_context, parse_endpoint, probe
 from mcp_pki.services.home import Home
@@ -33,6 +33,7 @@ class PreparedBridge:
     endpoint: Endpoint
     certificate: CheckedCertificate
     context: ssl.SSLContext
+    warnings: tuple[str, ...] = ()  # for the start-up lines: what the checks could not do
 
     def run(self, *, verbose: bool = False) -> None:
         """Relay until the host closes stdin (return) or the server is lost (`BridgeError`)."""
@@ -41,14 +42,29 @@ class PreparedBridge:
         from mcp_pki.bridge.relay import relay
 
         # stdout carries the protocol: every log line, ours and the SDK's, goes to stderr.
-        logging.basicConfig(
-            stream=sys.stderr, level=logging.INFO if verbose else logging.WARNING,
-            format="mcp-pki bridge: %(levelname)s %(name)s: %(message)s",
-        )
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter((logging.Formatter if verbose else _OneLineFormatter)(_LOG_FORMAT))
+        logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
         try:
-            anyio.run(relay, self.endpoint.url, self.context)
+            anyio.run(relay, self.endpoint, self.context)
         except BaseExceptionGroup as group:
-            _raise_plainly(group, self.endpoint)
+            _raise_plainly(group)
+
+
+_LOG_FORMAT = "mcp-pki bridge: %(levelname)s %(name)s: %(message)s"
+
+
+class _OneLineFormatter(logging.Formatter):
+    """Each record on one line, without traceback: the SDK logs whole tracebacks for an answer
+    it cannot parse (and answers the host with an error anyway), which a host's log would
+    show as the bridge crashing. The exception's type stays; ``-v`` shows everything."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = record.getMessage()
+        text = self.formatMessage(record)
+        if record.exc_info and record.exc_info[0] is not None:
+            text += f" ({record.exc_info[0].__name__})"
+        return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def prepare_bridge(home: Home, url: str, source: CertificateSource, *, now: datetime) -> PreparedBridge:
@@ -66,29 +82,19 @@ def prepare_bridge(home: Home, url: str, source: CertificateSource, *, now: date
     certificate = check(credentials, home.crl_file, now=now)
     context = client_context(credentials)
     probe(endpoint, context, trusted=str(credentials.ca_file))
-    return PreparedBridge(endpoint, certificate, context)
+    # Said at every start, so that a teammate's bridge does not skip the check in silence.
+    unchecked = certificate.revocation_unchecked
+    warnings = (f"{unchecked}; revocation is left to the server",) if unchecked else ()
+    return PreparedBridge(endpoint, certificate, context, warnings)
 
 
-def _raise_plainly(group: BaseExceptionGroup, endpoint: Endpoint) -> None:
-    """Turn what the relay's task groups raised into one error line, or nothing at all."""
-    import httpx2
-
-    leaves = list(_leaves(group))
+def _raise_plainly(group: BaseExceptionGroup) -> None:
+    """What escaped the relay's task groups: its one error line, or nothing at all."""
+    leaves = exception_leaves(group)
     for leaf in leaves:
         if isinstance(leaf, BridgeError):
             raise leaf from None
-    for leaf in leaves:
-        if isinstance(leaf, httpx2.TransportError | OSError) and not isinstance(leaf, BrokenPipeError):
-            # An empty ReadError is how a TLS 1.3 server refuses a certificate it has stopped
-            # accepting (a CRL reloaded mid-session).
-            reason = str(leaf).strip() or "the server closed the connection (did it refuse our certificate?)"
-            raise BridgeError(f"lost the connection to {endpoint.address}: {reason}") from None
     if all(isinstance(leaf, BrokenPipeError) for leaf in leaves):
         return  # the host closed our stdout: it is gone, nobody is left to tell
     raise group
 
-
-def _leaves(error: BaseException) -> "list[BaseException]":
-    if isinstance(error, BaseExceptionGroup):
-        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
-    return [error]

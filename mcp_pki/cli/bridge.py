@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from mcp_pki.cli.common import Settings, now, pass_settings, warn
+from mcp_pki.cli.common import Settings, now, pass_settings
 
 # Warn at start-up when the certificate has less left than this: the host's logs show it.
 EXPIRY_WARNING = timedelta(days=7)
@@ -19,7 +19,8 @@ EXPIRY_WARNING = timedelta(days=7)
 @click.option("--key", "key_file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="Its private key (unencrypted PEM, as tls.key).")
 @click.option("--ca", "ca_file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
-              help="The only CA to trust for the server [default: <home>/ca.crt, else ca.crt beside --cert].")
+              help="The only CA to trust for the server [default: the ca.crt beside the certificate, "
+                   "else <home>/ca.crt].")
 @click.option("-v", "--verbose", is_flag=True, help="Log connection details to stderr.")
 @pass_settings
 def bridge(
@@ -32,13 +33,16 @@ def bridge(
     the streamable-HTTP server at URL (https only), presenting the client certificate and
     trusting only our CA. The certificate, the server's certificate and the connection are
     checked before any protocol traffic; each problem is one "Error: ..." line on stderr.
-    No CA passphrase is needed. Needs the MCP Python SDK: pip install 'mcp-pki[bridge]'.
+    No CA passphrase is needed. Needs the MCP Python SDK (mcp>=2.3,<3) in mcp-pki's own
+    Python; without it, the error gives the pip command to run.
 
     \b
     Examples:
       mcp-pki bridge https://files.internal:8443/mcp --as alice
       mcp-pki bridge https://files.internal/mcp --cert alice/tls.crt --key alice/tls.key --ca alice/ca.crt
-    Exit codes: 0 once the host closes stdin; 1 on any error, before or after connecting.
+    Exit codes: 0 once the host closes stdin with every request answered; 1 on any error,
+    before or after connecting: the server is gone or ended the session (so that the host
+    can start the bridge again), or stdin closed with answers still missing.
     """
     from mcp_pki.bridge.start import CertificateSource, prepare_bridge
 
@@ -46,7 +50,12 @@ def bridge(
     started = now()
     prepared = prepare_bridge(settings.home(), url, source, now=started)
     certificate = prepared.certificate
+    # Prefixed: a host's log mixes the stderr of all its servers.
     click.echo(f"mcp-pki bridge: relaying to {url} as {certificate.label}", err=True)
+    warnings = list(prepared.warnings)
     if certificate.not_after - started < EXPIRY_WARNING:
-        warn(f"the certificate {certificate.label} expires on {certificate.not_after:%Y-%m-%d %H:%M} UTC: renew it")
+        warnings.append(f"the certificate {certificate.label} expires on "
+                        f"{certificate.not_after:%Y-%m-%d %H:%M} UTC: renew it")
+    for warning in warnings:
+        click.echo(f"mcp-pki bridge: warning: {warning}", err=True)
     prepared.run(verbose=verbose)
