@@ -2,9 +2,11 @@
 
 import os
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,3 +135,18 @@ def pkilint_cert(path: Path) -> str:
     if result.returncode and not result.stdout.strip():  # pkilint itself failed: never "clean"
         raise AssertionError(f"pkilint could not lint {path}: {result.stderr.strip()}")
     return result.stdout.strip() if result.returncode else ""
+
+
+def listening(port: int, process: subprocess.Popen[bytes], timeout: float = 30.0) -> bool:
+    """Whether `process` listens on 127.0.0.1:`port` within `timeout` seconds (False as soon
+    as it has exited): how the tests wait for the real servers they start."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False

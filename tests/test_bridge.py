@@ -10,7 +10,6 @@ import json
 import os
 import queue
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from mcp.client.client import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp_types.version import LATEST_MODERN_VERSION
 
-from tests.conftest import PASSPHRASE, VENV_BIN, Cli, assert_clean_error
+from tests.conftest import PASSPHRASE, VENV_BIN, Cli, assert_clean_error, listening
 from tests.test_tls_revocation import (
     NGINX,
     SERVER_NAME,
@@ -228,17 +227,8 @@ class McpServer:
         self.start(self.port)
 
     def _listening(self) -> bool:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                return False
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return True
-            except OSError:
-                time.sleep(0.05)
-        return False
+        assert self.process is not None
+        return listening(self.port, self.process)
 
     def kill(self) -> None:
         """Dies at once, as in a crash: no graceful shutdown closes its streams."""

@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import ssl
 import subprocess
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import Cli, Snapshot, assert_clean_error
+from tests.conftest import Cli, Snapshot, assert_clean_error, listening
 from tests.test_tls_revocation import (
     NGINX,
     SERVER_NAME,
@@ -359,18 +358,9 @@ def _anonymous_context(ca: Cli) -> ssl.SSLContext:
 
 
 def _wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
-    import time
-
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(process.stdout.read().decode() if process.stdout else "uvicorn exited")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError("uvicorn did not start")
+    if not listening(port, process, 15):
+        raise AssertionError(process.stdout.read().decode() if process.stdout and process.poll() is not None
+                             else "uvicorn did not start")
 
 
 __all__ = ["SERVER_NAME"]

@@ -10,14 +10,13 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli
+from tests.conftest import Cli, listening
 from tests.test_snippet import RenderedNginx
 from tests.test_tls_revocation import (
     NGINX,
@@ -51,17 +50,9 @@ class Server:
         with open(log, "ab") as sink:
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink,
                                             env=env, start_new_session=True)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"{command[:2]} exited: {log.read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise AssertionError(f"{command[:2]} did not listen on {port}: {log.read_text()}")
+        if not listening(port, self.process, 20):
+            self.stop()
+            raise AssertionError(f"{command[:2]} did not listen on {port}: {log.read_text()}")
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -20,7 +20,6 @@ import ssl
 import stat
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from tests.conftest import PASSPHRASE, VENV_BIN, Cli
+from tests.conftest import PASSPHRASE, VENV_BIN, Cli, listening
 from tests.test_tls_revocation import (
     SERVER_NAME,
     TIMEOUT,
@@ -144,16 +143,9 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def _wait_listening(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"exited with {process.returncode}:\n{log.read_text(errors='replace')}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {START_TIMEOUT} s:\n{log.read_text()}")
+    if not listening(port, process, START_TIMEOUT):
+        raise AssertionError(f"nothing listens on 127.0.0.1:{port} (exit code {process.poll()}):\n"
+                             f"{log.read_text(errors='replace')}")
 
 
 # --------------------------------------------------------------------------- 1. caddy

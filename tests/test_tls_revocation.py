@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from tests.conftest import PASSPHRASE, Cli, openssl
+from tests.conftest import PASSPHRASE, Cli, listening, openssl
 
 TIMEOUT = 5.0  # seconds: any single network wait
 SERVER_NAME = "srv.example.com"
@@ -370,17 +370,8 @@ http {{
         raise AssertionError(f"nginx did not start:\n{self.log()}")
 
     def _wait_listening(self) -> bool:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                return False
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return True
-            except OSError:
-                time.sleep(0.02)
-        return False
+        assert self.process is not None
+        return listening(self.port, self.process, 10)
 
     @property
     def pid(self) -> int:
