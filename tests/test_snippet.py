@@ -7,9 +7,6 @@ import sqlite3
 import ssl
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -22,7 +19,6 @@ from tests.test_tls_revocation import (
     TIMEOUT,
     Nginx,
     _free_port,
-    client_context,
     https_get,
     issue_client,
     issue_server,
@@ -250,32 +246,6 @@ def test_certificates_from_before_the_files_folder_was_recorded_need_dir(ca: Cli
     assert "/etc/x/tls.crt" in ca.ok("snippet", "nginx", "srv", "--dir", "/etc/x").stdout
 
 
-class _EchoIdentity(BaseHTTPRequestHandler):
-    """An upstream MCP server stand-in: echoes the identity headers nginx forwards."""
-
-    def do_GET(self) -> None:
-        body = json.dumps({k: self.headers.get(k) for k in ("X-Client-Verify", "X-Client-DN")}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def upstream() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoIdentity)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 class RenderedNginx(Nginx):
     """nginx running exactly the server block that `mcp-pki snippet nginx` printed."""
 
@@ -292,22 +262,6 @@ class RenderedNginx(Nginx):
         text = self.conf.read_text()
         generated = text[: text.index("    server {")] + block + "}\n"
         self.conf.write_text(generated)
-
-
-def test_rendered_nginx_front_forwards_the_verified_client(ca: Cli, tmp_path: Path, upstream: int) -> None:
-    if not os.access(NGINX, os.X_OK):
-        pytest.skip(f"{NGINX} is absent: .ci/run installs Debian's nginx package")
-    srv = issue_server(ca)
-    shutil.copy(ca.home / "crl.pem", srv / "crl.pem")  # as the template asks
-    alice = issue_client(ca, "alice")
-    server = RenderedNginx(tmp_path / "nginx", ca, srv, upstream)
-    try:
-        server.start()
-        response = https_get(server.port, client_context(ca, alice))
-        assert response.status == 200, response
-        assert json.loads(response.body) == {"X-Client-Verify": "SUCCESS", "X-Client-DN": "CN=alice,O=Example"}
-    finally:
-        server.stop()
 
 
 def test_uvicorn_env_block_runs_uvicorn_with_client_certificates_required(ca: Cli, tmp_path: Path) -> None:
