@@ -366,6 +366,14 @@ class PipedBridge:
         self._reader.join(TIMEOUT)
         return [self._lines.get() for _ in range(self._lines.qsize())]
 
+    def assert_failed_with(self, prefix: str) -> None:
+        """The bridge exited 1 by itself, its last line says why, and it left nothing unsaid."""
+        assert self.exit_code(TIMEOUT * 3) == 1
+        lines = self.stderr_lines()
+        assert lines[-1].startswith(prefix), lines
+        assert not any("Traceback" in line for line in lines)
+        assert self.unread() == []
+
     def __enter__(self) -> Self:
         return self
 
@@ -724,11 +732,7 @@ def test_a_restarted_server_ends_the_bridge_after_answering_the_request(pki: Cli
         bridge.send(call(2, "echo", text="x"))
         answer = bridge.receive()
         assert answer["id"] == 2 and answer["error"]["message"] == "Session not found", answer
-        assert bridge.exit_code(TIMEOUT * 3) == 1
-        lines = bridge.stderr_lines()
-        assert lines[-1].startswith(f"Error: the server at 127.0.0.1:{restarting.port} ended the session"), lines
-        assert not any("Traceback" in line for line in lines)
-        assert bridge.unread() == []
+        bridge.assert_failed_with(f"Error: the server at 127.0.0.1:{restarting.port} ended the session")
 
 
 def test_a_server_that_dies_while_the_host_is_silent_ends_the_bridge(pki: Cli, tmp_path: Path) -> None:
@@ -742,11 +746,7 @@ def test_a_server_that_dies_while_the_host_is_silent_ends_the_bridge(pki: Cli, t
         bridge.send(INITIALIZED, {"jsonrpc": "2.0", "id": 2, "method": "ping"})
         assert bridge.receive()["id"] == 2
         doomed.kill()
-        assert bridge.exit_code(TIMEOUT * 3) == 1
-        lines = bridge.stderr_lines()
-        assert lines[-1].startswith(f"Error: lost the connection to 127.0.0.1:{doomed.port}"), lines
-        assert not any("Traceback" in line for line in lines)
-        assert bridge.unread() == []
+        bridge.assert_failed_with(f"Error: lost the connection to 127.0.0.1:{doomed.port}")
 
 
 def test_a_request_in_flight_when_the_server_dies_gets_an_error(pki: Cli, tmp_path: Path) -> None:
@@ -761,9 +761,7 @@ def test_a_request_in_flight_when_the_server_dies_gets_an_error(pki: Cli, tmp_pa
         doomed.kill()
         answer = bridge.receive_until(lambda m: "id" in m, timeout=TIMEOUT * 3)
         assert answer["id"] == 2 and answer["error"]["code"] == -32000, answer
-        assert bridge.exit_code(TIMEOUT * 3) == 1
-        lines = bridge.stderr_lines()
-        assert lines[-1].startswith(f"Error: lost the connection to 127.0.0.1:{doomed.port}"), lines
+        bridge.assert_failed_with(f"Error: lost the connection to 127.0.0.1:{doomed.port}")
 
 
 def test_answers_still_missing_when_stdin_closes_are_reported(pki: Cli, server: McpServer) -> None:
