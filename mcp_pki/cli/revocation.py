@@ -24,23 +24,29 @@ REASON_HELP = "RFC 5280 reason: " + ", ".join(REASONS) + " [default: unspecified
 @click.argument("ref")
 @click.option("--reason", metavar="REASON", help=REASON_HELP)
 @click.option("--invalidity-date", metavar="DATE", help="When the key was known or suspected compromised (ISO 8601, UTC).")
+@click.option("--all", "all_of_name", is_flag=True, help="Revoke every valid certificate of the NAME.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_settings
-def revoke(settings: Settings, ref: str, reason: str | None, invalidity_date: str | None, as_json: bool) -> None:
+def revoke(
+    settings: Settings, ref: str, reason: str | None, invalidity_date: str | None, all_of_name: bool, as_json: bool,
+) -> None:
     """Revoke a certificate and republish the CRLs.
 
-    REF is a NAME or a serial. Servers that load <home>/crl.pem reject the certificate
-    once they reload it.
+    REF is a serial or a NAME. A NAME with several valid certificates (after a renewal
+    without --revoke-old) is an error listing them: give a serial, or --all to revoke
+    them all. Servers that load <home>/crl.pem reject the certificate once they reload it.
 
     \b
-    Example: mcp-pki revoke alice --reason key-compromise
+    Examples:
+      mcp-pki revoke alice --reason key-compromise
+      mcp-pki revoke alice --all --reason key-compromise
     """
     from mcp_pki.pki.crl import parse_reason
     from mcp_pki.services.revocation import revoke_certificate
 
     result = revoke_certificate(
         settings.home(), ref, reason=parse_reason(reason), invalidity_date=_parse_date(invalidity_date),
-        passphrase=settings.ca_passphrase, now=now(),
+        passphrase=settings.ca_passphrase, now=now(), all_of_name=all_of_name,
     )
     _report(result, as_json)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mcp_pki.errors import Conflict, InvalidInput, NotFound
+from mcp_pki.errors import Ambiguous, Conflict, InvalidInput, NotFound
 from mcp_pki.pki.crl import RevocationReason
 from mcp_pki.pki.profiles import Issuer
 from mcp_pki.services import audit
@@ -100,26 +100,65 @@ def _change_and_publish(
 
 def revoke_certificate(
     home: Home, ref: str, *, reason: RevocationReason | None, invalidity_date: datetime | None,
-    passphrase: PassphraseSource, now: datetime,
+    passphrase: PassphraseSource, now: datetime, all_of_name: bool = False,
 ) -> RevocationResult:
-    """Revoke one certificate and republish every CRL."""
+    """Revoke one certificate, or with `all_of_name` every valid one of a NAME, and republish
+    every CRL.
+
+    A NAME that matches several valid certificates is an error here, unlike in reading
+    commands: after a renewal the older certificate may hold the compromised key, and
+    revoking only the newest would leave it valid while reporting success.
+    """
     if invalidity_date is not None and invalidity_date > now:
         raise InvalidInput("the invalidity date cannot be in the future")
     target_ids: list[int] = []
 
     def prepare(session: Session) -> None:
-        target = resolve_ref(session, ref, now=now)
-        _refuse_revoked(target)  # before asking for the passphrase
-        target_ids.append(target.id)
+        targets = _revocation_targets(session, ref, now=now, all_of_name=all_of_name)
+        for target in targets:
+            _refuse_revoked(target)  # before asking for the passphrase
+        target_ids.extend(t.id for t in targets)
 
     def change(session: Session) -> _Change:
-        certificate = session.get(Certificate, target_ids[0])
-        assert certificate is not None
-        _refuse_revoked(certificate)  # another process may have revoked it meanwhile
-        revoked = _revoke(session, certificate, reason, invalidity_date, now)
-        return _Change([revoked], "revoke", {"reason": _reason_name(reason)}, certificate.serial, certificate.name)
+        revoked = []
+        for target_id in target_ids:
+            certificate = session.get(Certificate, target_id)
+            assert certificate is not None
+            _refuse_revoked(certificate)  # another process may have revoked it meanwhile
+            revoked.append(_revoke(session, certificate, reason, invalidity_date, now))
+        details: dict[str, object] = {"reason": _reason_name(reason)}
+        if len(revoked) > 1:
+            details["revoked_serials"] = [r.serial for r in revoked]
+        first = revoked[0]
+        return _Change(revoked, "revoke", details, first.serial, first.name)
 
     return _change_and_publish(home, passphrase=passphrase, now=now, change=change, prepare=prepare)
+
+
+def _revocation_targets(session: Session, ref: str, *, now: datetime, all_of_name: bool) -> list[Certificate]:
+    """What `revoke REF` revokes: a serial's certificate, or a NAME's only valid certificate
+    (all of them with `all_of_name`)."""
+    valid_of_name = list(session.scalars(
+        select(Certificate)
+        .outerjoin(Certificate.revocation)
+        .where(Certificate.name == ref, Revocation.certificate_id.is_(None), Certificate.not_after > now)
+        .order_by(Certificate.not_before.desc(), Certificate.id.desc())
+    ))
+    if all_of_name and valid_of_name:
+        return valid_of_name
+    target = resolve_ref(session, ref, now=now)  # a serial, or the errors of an unknown REF
+    if all_of_name and target.name != ref:
+        raise InvalidInput(f"--all takes a NAME, not a serial: {ref!r} is certificate {target.serial}")
+    if len(valid_of_name) > 1 and target.name == ref:
+        listing = "; ".join(
+            f"{c.serial} ({c.kind} {c.name}, not after {c.not_after:%Y-%m-%d}, files {c.files_dir or 'unknown'})"
+            for c in valid_of_name
+        )
+        raise Ambiguous(
+            f"{ref!r} has {len(valid_of_name)} valid certificates: {listing}. "
+            f"Revoke one by serial, or all of them with --all"
+        )
+    return [target]
 
 
 def offboard(
