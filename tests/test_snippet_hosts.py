@@ -36,10 +36,10 @@ def launch_entry(target: str, text: str) -> dict[str, Any]:
         command = next(line for line in text.splitlines() if line.startswith("exec claude mcp add "))
         words = shlex.split(command)
         assert words[:6] == ["exec", "claude", "mcp", "add", "--scope", "user"]
-        options, launched = words[6:words.index("--")], words[words.index("--") + 1:]
-        env = dict(value.split("=", 1) for flag, value in zip(options[:-1:2], options[1::2], strict=True)
+        # The name first: `-e` takes several values and would swallow a name after it.
+        name, options, launched = words[6], words[7:words.index("--")], words[words.index("--") + 1:]
+        env = dict(value.split("=", 1) for flag, value in zip(options[::2], options[1::2], strict=True)
                    if flag == "-e")
-        name = options[-1]
         entry = _commented_json(text)["mcpServers"][name]
         assert entry == {"type": "stdio", "command": launched[0], "args": launched[1:], "env": env}
         return {"name": name, **entry}

@@ -1,0 +1,81 @@
+"""The Claude Code targets, run with the real Claude Code CLI (pinned in tests/claude-code).
+
+Each rendered script runs as a teammate would run it, with a throwaway HOME; then the CLI
+itself connects to a real MCP server that requires client certificates (`claude mcp get`
+and `claude mcp list` start every configured server and report whether it connected).
+"""
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from tests.test_snippet_hosts import _initialize
+from tests.test_snippet_mcp import McpSetup, Server, setup, start_python_server, url
+
+__all__ = ["setup"]  # a fixture, shared with test_snippet_mcp
+
+CLAUDE_BIN = Path(__file__).parent / "claude-code" / "node_modules" / ".bin"
+CLI_TIMEOUT = 90
+
+pytestmark = pytest.mark.skipif(
+    not (CLAUDE_BIN / "claude").exists(), reason="Claude Code CLI not installed (scripts/test runs npm ci in tests/claude-code)"
+)
+
+
+@pytest.fixture
+def remote(setup: McpSetup) -> Iterator[Server]:
+    server = start_python_server(setup)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _env(home: Path) -> dict[str, str]:
+    # Only what a login shell would have: the CLI, python3 and sh, a HOME of its own.
+    return {"HOME": str(home), "PATH": f"{CLAUDE_BIN}:/usr/bin:/bin", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
+
+
+def _run(command: list[str], home: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, timeout=CLI_TIMEOUT, env={**_env(home), **extra},
+                          check=False)
+
+
+def _script(setup: McpSetup, target: str, ref: str, port: int, *options: str) -> Path:
+    path = setup.work / f"{target}-{ref}.sh"
+    setup.ca.ok("snippet", target, ref, "--var", f"url={url(port)}", "--out", str(path), *options)
+    return path
+
+
+def _status(home: Path, name: str) -> str:
+    """What `claude mcp get` says of the server after starting it."""
+    result = _run(["claude", "mcp", "get", name], home)
+    assert result.returncode == 0, result.stderr
+    return next(line.split(":", 1)[1].strip() for line in result.stdout.splitlines() if line.strip().startswith("Status:"))
+
+
+def test_claude_code_script_adds_a_bridge_entry_that_claude_code_connects(
+    setup: McpSetup, remote: Server, tmp_path: Path,
+) -> None:
+    home = tmp_path / "user"
+    home.mkdir()
+    added = _run(["sh", str(_script(setup, "claude-code", "alice", remote.port))], home)
+    assert added.returncode == 0, added.stdout + added.stderr  # it failed: "Invalid environment variable format"
+    assert "Connected" in _status(home, "mcp-server")
+
+    entry = json.loads((home / ".claude.json").read_text())["mcpServers"]["mcp-server"]
+    assert entry["type"] == "stdio" and entry["env"] == {"MCP_PKI_HOME": str(setup.ca.home)}
+    with open(tmp_path / "bridge.stderr", "w") as log:  # launched as a host launches it
+        assert anyio.run(_initialize, entry, home, log) == ("srv", {"echo"})
+
+
+def test_claude_code_shows_a_revoked_teammates_bridge_entry_failed(setup: McpSetup, remote: Server, tmp_path: Path) -> None:
+    home = tmp_path / "user"
+    home.mkdir()
+    added = _run(["sh", str(_script(setup, "claude-code", "bob", remote.port, "--var", "name=files"))], home)
+    assert added.returncode == 0, added.stdout + added.stderr
+    assert "Failed" in _status(home, "files")
