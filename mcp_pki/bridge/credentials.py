@@ -9,13 +9,13 @@ from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from mcp_pki.bridge import BridgeError
 from mcp_pki.errors import InvalidInput, InventoryError
+from mcp_pki.mtls import common_name, crl_signed_by, extended_key_usages, revocation_reason
 from mcp_pki.pki.bundles import load_private_key
-from mcp_pki.pki.crl import RevocationReason, load_crls
+from mcp_pki.pki.crl import load_crls
 from mcp_pki.pki.inspect import from_pem, load_pem_certificates
 from mcp_pki.pki.profiles import serial_hex
 from mcp_pki.services.home import Home
@@ -108,14 +108,14 @@ def check(credentials: ClientCredentials, crl_file: Path, *, now: datetime) -> C
             f"the private key {credentials.key_file} does not belong to the certificate {credentials.cert_file}"
         )
     trusted = _read_certificates(credentials.ca_file, "CA file")
-    checked = CheckedCertificate(_common_name(leaf), serial_hex(leaf.serial_number), leaf.not_valid_after_utc)
+    checked = CheckedCertificate(common_name(leaf), serial_hex(leaf.serial_number), leaf.not_valid_after_utc)
     if leaf.not_valid_before_utc > now:
         raise BridgeError(f"the certificate {checked.label} is not valid before "
                           f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
     if leaf.not_valid_after_utc <= now:
         raise BridgeError(f"the certificate {checked.label} expired on "
                           f"{leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC: renew it")
-    usages = _extended_key_usages(leaf)
+    usages = extended_key_usages(leaf)
     if usages is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
         raise BridgeError(f"the certificate {checked.label} is not a client certificate "
                           "(its extended key usage has no clientAuth)")
@@ -142,31 +142,16 @@ def _check_not_revoked(
     issuers = [ca for ca in cas if ca.subject == leaf.issuer]
     consulted = False
     for crl in crls:
-        if crl.issuer != leaf.issuer or not any(_signed_by(crl, ca) for ca in issuers):
+        if crl.issuer != leaf.issuer or not any(crl_signed_by(crl, ca) for ca in issuers):
             continue
         consulted = True
         entry = crl.get_revoked_certificate_by_serial_number(leaf.serial_number)
         if entry is not None:
             raise BridgeError(
                 f"the certificate {checked.label} was revoked on "
-                f"{entry.revocation_date_utc:%Y-%m-%d %H:%M} UTC ({_reason(entry)}) according to {crl_file}"
+                f"{entry.revocation_date_utc:%Y-%m-%d %H:%M} UTC ({revocation_reason(entry)}) according to {crl_file}"
             )
     return consulted
-
-
-def _signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
-    try:
-        return crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
-    except (TypeError, ValueError, InvalidSignature):
-        return False
-
-
-def _reason(entry: x509.RevokedCertificate) -> str:
-    try:
-        flag = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
-        return RevocationReason[flag.name.upper()].value
-    except (x509.ExtensionNotFound, KeyError):
-        return "unspecified"
 
 
 def _default_ca_file(home: Home, cert_file: Path) -> Path:
@@ -202,15 +187,3 @@ def _read_certificates(path: Path, what: str) -> list[x509.Certificate]:
 def _read_chain(path: Path) -> list[x509.Certificate]:
     """The certificate, then the intermediates (``tls.crt`` holds both)."""
     return _read_certificates(path, "certificate file")
-
-
-def _common_name(certificate: x509.Certificate) -> str:
-    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(names[0].value) if names else certificate.subject.rfc4514_string()
-
-
-def _extended_key_usages(certificate: x509.Certificate) -> list[x509.ObjectIdentifier] | None:
-    try:
-        return list(certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
-    except x509.ExtensionNotFound:
-        return None

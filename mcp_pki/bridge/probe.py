@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from mcp_pki import mtls
 from mcp_pki.bridge import BridgeError
 from mcp_pki.bridge.credentials import ClientCredentials
 
@@ -66,14 +67,9 @@ def parse_endpoint(url: str) -> Endpoint:
 def client_context(credentials: ClientCredentials) -> ssl.SSLContext:
     """Verify the server against our CA only (not the system store), present our chain."""
     try:
-        context = ssl.create_default_context(cafile=str(credentials.ca_file))
-    except (ssl.SSLError, OSError) as exc:
-        raise BridgeError(f"cannot use the CA file {credentials.ca_file}: {_reason(exc)}") from None
-    try:
-        context.load_cert_chain(str(credentials.cert_file), str(credentials.key_file))
-    except (ssl.SSLError, OSError) as exc:
-        raise BridgeError(f"cannot load {credentials.cert_file} with {credentials.key_file}: {_reason(exc)}") from None
-    return context
+        return mtls.client_context(str(credentials.ca_file), str(credentials.cert_file), str(credentials.key_file))
+    except mtls.TlsSetupError as exc:
+        raise BridgeError(str(exc)) from None
 
 
 def probe(endpoint: Endpoint, context: ssl.SSLContext, *, trusted: str, timeout: float = TIMEOUT) -> None:
@@ -118,12 +114,12 @@ def _ask(
             raise _untrusted(endpoint, exc, trusted) from None
         except ssl.SSLError as exc:
             if _is_certificate_alert(exc):
-                raise _refused(endpoint, _reason(exc)) from None
-            raise BridgeError(f"TLS handshake with {endpoint.address} failed: {_reason(exc)}") from None
+                raise _refused(endpoint, mtls.ssl_reason(exc)) from None
+            raise BridgeError(f"TLS handshake with {endpoint.address} failed: {mtls.ssl_reason(exc)}") from None
         except TimeoutError:
             raise BridgeError(f"TLS handshake with {endpoint.address} timed out after {timeout:g} s") from None
         except OSError as exc:
-            raise _refused(endpoint, _reason(exc)) from None
+            raise _refused(endpoint, mtls.ssl_reason(exc)) from None
         with tls:
             return _exchange(tls, endpoint, timeout, request)
 
@@ -161,7 +157,7 @@ def _connect(endpoint: Endpoint, timeout: float) -> socket.socket:
     except TimeoutError:
         raise BridgeError(f"cannot connect to {endpoint.address}: no answer after {timeout:g} s") from None
     except OSError as exc:
-        raise BridgeError(f"cannot connect to {endpoint.address}: {_reason(exc)}") from None
+        raise BridgeError(f"cannot connect to {endpoint.address}: {mtls.ssl_reason(exc)}") from None
 
 
 def _get(endpoint: Endpoint) -> bytes:
@@ -189,7 +185,7 @@ def _exchange(tls: ssl.SSLSocket, endpoint: Endpoint, timeout: float, request: b
     except TimeoutError:
         raise BridgeError(f"{endpoint.address} sent no HTTP answer within {timeout:g} s") from None
     except (ssl.SSLError, OSError) as exc:
-        raise _refused(endpoint, _reason(exc)) from None
+        raise _refused(endpoint, mtls.ssl_reason(exc)) from None
     if not data:
         raise _refused(endpoint, "it closed the connection after the TLS handshake")
     head, _, body = data.partition(b"\r\n\r\n")
@@ -226,13 +222,3 @@ def _refused(endpoint: Endpoint, detail: str) -> BridgeError:
 def _is_certificate_alert(exc: ssl.SSLError) -> bool:
     reason = (exc.reason or "").upper()
     return "ALERT" in reason and any(alert in reason for alert in _CERTIFICATE_ALERTS)
-
-
-def _reason(exc: BaseException) -> str:
-    """OpenSSL's short reason (``TLSV13_ALERT_CERTIFICATE_REQUIRED``) in lower case words,
-    else the OS error text."""
-    if isinstance(exc, ssl.SSLError) and exc.reason:
-        return exc.reason.lower().replace("_", " ")
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
-    return str(exc) or type(exc).__name__

@@ -15,6 +15,7 @@ import click
 from mcp_pki import __version__
 from mcp_pki.cli import audit, bridge, ca, db, health, inventory, issue, renew, revocation, snippet
 from mcp_pki.cli.common import Settings
+from mcp_pki.cli.gateway import gateway as gateway_command
 from mcp_pki.errors import PkiError
 
 EXIT_CODES_HELP = """\b
@@ -87,6 +88,7 @@ cli.add_command(health.status)
 cli.add_command(health.verify)
 cli.add_command(snippet.snippet)
 cli.add_command(bridge.bridge)
+cli.add_command(gateway_command)
 cli.add_command(audit.audit)
 cli.add_command(db.db)
 

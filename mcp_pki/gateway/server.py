@@ -1,0 +1,214 @@
+"""HTTPS on uvicorn, with the verified client certificate handed to the app.
+
+uvicorn does not put the peer certificate in the ASGI scope. Its HTTP protocol object is made
+per connection, after the TLS handshake, so a subclass that wraps the app in
+`connection_made` gives every request of that connection the certificate, as the ASGI
+``tls`` extension (``client_cert_chain``) and as a parsed `Peer`. The gateway binds its
+listening socket itself, so that a port in use is one error line, with ``TCP_NODELAY``, so
+that small TLS records are not held back ~40 ms by Nagle's algorithm.
+
+`GatewayApp` is the request path: the endpoint path, the revocation check (every request,
+so a keep-alive connection cannot outlive its certificate), the body limit, then the session.
+"""
+
+import asyncio
+import errno
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import uvicorn
+from cryptography import x509
+from mcp.server.transport_security import RequestBodyLimitMiddleware
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from mcp_pki.gateway import GatewayError
+from mcp_pki.gateway.revocation import LiveRevocation
+from mcp_pki.gateway.sessions import Peer, SessionManager, error_response
+from mcp_pki.mtls import identity_of
+
+logger = logging.getLogger("mcp_pki.gateway")
+
+ENDPOINT = "/mcp"
+PEER_KEY = "mcp_pki.peer"
+SHUTDOWN_GRACE = 2.0  # seconds for open requests at SIGTERM before streams are cut
+METHOD_NOT_FOUND = -32601
+
+
+class _PeerProtocol(H11Protocol):
+    """uvicorn's h11 protocol, giving the app the connection's verified certificate."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if der:
+            certificate = x509.load_der_x509_certificate(der)
+            self.app = _WithPeer(self.app, Peer(certificate, identity_of(certificate)), der)
+
+
+class _WithPeer:
+    def __init__(self, app: ASGIApp, peer: Peer, der: bytes) -> None:
+        self.app, self.peer = app, peer
+        pem = ssl.DER_cert_to_PEM_cert(der)
+        self.tls = {"client_cert_chain": [pem], "client_cert_name": peer.identity.subject,
+                    "client_cert_error": None, "tls_version": None, "cipher_suite": None, "server_cert": None}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope.setdefault("extensions", {})["tls"] = self.tls
+        scope[PEER_KEY] = self.peer
+        await self.app(scope, receive, send)
+
+
+class GatewayApp:
+    """The ASGI application: one endpoint, every request checked, then its session."""
+
+    def __init__(self, sessions: SessionManager, revocation: LiveRevocation, body_limit: int,
+                 now: Callable[[], datetime]) -> None:
+        self.sessions, self.revocation, self.now = sessions, revocation, now
+        self._limited = RequestBodyLimitMiddleware(self._session, body_limit)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        peer: Peer | None = scope.get(PEER_KEY)
+        if peer is None:  # the handshake requires a certificate: this cannot happen
+            await error_response("Forbidden: no client certificate", 403)(scope, receive, send)
+            return
+        refusal = self.revocation.refusal(peer.certificate, now=self.now())
+        if refusal is not None:
+            serial = peer.identity.serial
+            ended = self.sessions.end_where(lambda s: refusal if s.owner.identity.serial == serial else None)
+            logger.warning("refused %s: %s%s", peer.identity.label, refusal,
+                           f" (ended {ended} session(s))" if ended else "")
+            await error_response(f"Forbidden: {refusal}", 403)(scope, receive, send)
+            return
+        if scope["path"].rstrip("/") != ENDPOINT:
+            await error_response(f"Not Found: the MCP endpoint is {ENDPOINT}", 404)(scope, receive, send)
+            return
+        await self._limited(scope, receive, send)
+
+    async def _session(self, scope: Scope, receive: Receive, send: Send) -> None:
+        peer: Peer = scope[PEER_KEY]
+        version = _header(scope, b"mcp-protocol-version")
+        if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS and scope["method"] == "POST":
+            await _modern_refusal(scope, receive, send, version)
+            return
+        await self.sessions.handle(peer, scope, receive, send)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers") or ():
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+async def _modern_refusal(scope: Scope, receive: Receive, send: Send, version: str) -> None:
+    """A session-less (2026-era) request: the gateway gives every client its own upstream
+    session, which needs the ``initialize`` handshake. A JSON-RPC error makes an SDK client
+    in ``auto`` mode fall back to it."""
+    import json
+
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    try:
+        request_id = json.loads(body).get("id")
+    except (ValueError, AttributeError):
+        request_id = None
+    answer = {"jsonrpc": "2.0", "id": request_id, "error": {
+        "code": METHOD_NOT_FOUND,
+        "message": f"protocol version {version} is not served here: use initialize (versions "
+                   f"{', '.join(HANDSHAKE_PROTOCOL_VERSIONS)})"}}
+    data = json.dumps(answer).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, or one sentence saying why not."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Linux passes it on to accepted sockets: every response leaves at once.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        reason = "the port is in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc)).lower()
+        raise GatewayError(f"cannot listen on {address}: {reason}") from None
+    sock.set_inheritable(False)
+    return sock
+
+
+@dataclass
+class Watchers:
+    """The periodic work beside serving: CRL and policy reloads."""
+
+    revocation: LiveRevocation
+    sessions: SessionManager
+    refresh_seconds: float
+    reload_policy: Callable[[], None]
+    now: Callable[[], datetime]
+
+    async def run(self) -> None:
+        while True:
+            await anyio.sleep(self.refresh_seconds)
+            self.tick()
+
+    def tick(self) -> None:
+        now = self.now()
+        if self.revocation.refresh(now=now):
+            ended = self.sessions.end_where(
+                lambda s: self.revocation.refusal(s.owner.certificate, now=now))
+            if ended:
+                logger.warning("ended %d session(s) whose certificate the new CRL refuses", ended)
+        self.reload_policy()
+
+
+async def serve(app: GatewayApp, sock: socket.socket, context: ssl.SSLContext, watchers: Watchers,
+                sessions: SessionManager) -> None:
+    """Serve until SIGTERM or SIGINT; then stop accepting, end every session, return."""
+    config = uvicorn.Config(
+        app, http=_PeerProtocol, lifespan="off", log_level="warning", access_log=False,
+        ssl_context_factory=lambda _config, _default: context,
+        timeout_graceful_shutdown=int(SHUTDOWN_GRACE), server_header=False,
+    )
+    server = _Server(config, sessions)
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(sessions.run)
+        tasks.start_soon(watchers.run)
+        await server.serve(sockets=[sock])
+        tasks.cancel_scope.cancel()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, ending the MCP sessions as soon as a signal asks it to stop: their
+    open event streams would otherwise hold the graceful shutdown for its whole grace."""
+
+    def __init__(self, config: uvicorn.Config, sessions: SessionManager) -> None:
+        super().__init__(config)
+        self._sessions = sessions
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        super().handle_exit(sig, frame)
+        asyncio.get_event_loop().call_soon_threadsafe(self._sessions.end_all, "the gateway is stopping")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,349 @@
+"""MCP sessions: one upstream per session, owned by the certificate that opened it.
+
+The HTTP side of each session is the MCP SDK's own `StreamableHTTPServerTransport` (framing,
+SSE streams, session ids, the idle timeout), so the gateway speaks streamable HTTP exactly
+as an SDK server does. Between it and the upstream, `Relay` moves JSON-RPC messages both
+ways unchanged, except that it
+
+- answers a call the policy does not allow itself (the upstream never sees it),
+- filters list answers down to what the client may use,
+- writes one audit line per client request once it is answered,
+- and, when the upstream is gone, answers every pending request with an error.
+
+A stdio server does not say which request a notification or a server-initiated request
+belongs to; the relay attaches it to the request whose progress token it carries, else to
+the newest request still waiting, else to the session's GET stream, which is where an SDK
+server would have sent it.
+"""
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from uuid import uuid4
+
+import anyio
+import anyio.abc
+from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, StreamableHTTPServerTransport
+from mcp.shared.message import ServerMessageMetadata, SessionMessage
+from mcp_types import (
+    INTERNAL_ERROR,
+    ErrorData,
+    JSONRPCError,
+    JSONRPCMessage,
+    JSONRPCNotification,
+    JSONRPCRequest,
+    JSONRPCResponse,
+    RequestId,
+)
+from starlette.responses import Response
+
+if TYPE_CHECKING:  # the SDK's stream protocols, for annotations only (a private module)
+    from mcp.shared._stream_protocols import WriteStream
+from starlette.types import Receive, Scope, Send
+
+from mcp_pki.gateway.calllog import CallLog, arguments_digest
+from mcp_pki.gateway.policy import GUARDED_METHODS, LISTED_METHODS, Permissions
+from mcp_pki.gateway.upstream import Upstream, UpstreamFailed
+from mcp_pki.mtls import Identity
+from mcp_pki.timestamps import iso_utc
+
+logger = logging.getLogger("mcp_pki.gateway")
+
+NOT_ALLOWED = -32003  # implementation-defined server error: the policy refuses the call
+UPSTREAM_GONE = -32000
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """The verified client certificate of the connection a request came on."""
+
+    certificate: Any  # x509.Certificate
+    identity: Identity
+
+
+UpstreamFactory = Callable[["Session"], AbstractAsyncContextManager[Upstream]]
+
+
+@dataclass
+class _Pending:
+    method: str
+    target: str | None
+    arguments_sha256: str | None
+    started: float
+    at: datetime
+    progress_token: Any = None
+
+
+@dataclass
+class Session:
+    id: str
+    owner: Peer
+    transport: StreamableHTTPServerTransport
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    ended_because: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"session {self.id[:8]} of {self.owner.identity.label}"
+
+    def end(self, reason: str) -> None:
+        if self.ended_because is None:
+            self.ended_because = reason
+        self.scope.cancel()
+
+    def owned_by(self, peer: Peer) -> bool:
+        mine, theirs = self.owner.identity, peer.identity
+        return (mine.serial, mine.issuer) == (theirs.serial, theirs.issuer)
+
+
+class Relay:
+    """Both directions of one session, and what they share."""
+
+    def __init__(self, session: Session, permissions: Callable[[], Permissions], calllog: CallLog) -> None:
+        self.session, self._permissions, self._calllog = session, permissions, calllog
+        self.pending: dict[RequestId, _Pending] = {}
+
+    async def from_client(self, client: AsyncIterator[SessionMessage | Exception],
+                          to_client: "WriteStream[SessionMessage]", upstream: Upstream) -> None:
+        try:
+            async for item in client:
+                if isinstance(item, Exception):
+                    continue  # the transport has answered the client already
+                message = item.message
+                if isinstance(message, JSONRPCRequest):
+                    refusal = self._track(message)
+                    if refusal is not None:
+                        await self._answer(to_client, JSONRPCError(
+                            jsonrpc="2.0", id=message.id, error=ErrorData(code=NOT_ALLOWED, message=refusal)))
+                        continue
+                await upstream.send(message)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass  # the session was ended (DELETE, idle, revocation): its streams are closed
+
+    async def from_upstream(self, upstream: Upstream, to_client: "WriteStream[SessionMessage]") -> None:
+        async for message in upstream.messages():
+            if isinstance(message, JSONRPCResponse | JSONRPCError):
+                pending = self.pending.get(message.id) if message.id is not None else None
+                if pending is not None and isinstance(message, JSONRPCResponse):
+                    message = self._filtered(pending, message)
+                await self._answer(to_client, message)
+                continue
+            related = self._related_request(message)
+            metadata = ServerMessageMetadata(related_request_id=related) if related is not None else None
+            await to_client.send(SessionMessage(message, metadata=metadata))
+
+    async def fail_pending(self, to_client: "WriteStream[SessionMessage]", reason: str) -> None:
+        """Answer every request still waiting: an error now beats a call that never returns."""
+        for request_id in list(self.pending):
+            error = JSONRPCError(jsonrpc="2.0", id=request_id, error=ErrorData(code=UPSTREAM_GONE, message=reason))
+            try:
+                await self._answer(to_client, error)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._record(request_id, "allowed", "error")
+
+    # ------------------------------------------------------------------ helpers
+
+    def _track(self, request: JSONRPCRequest) -> str | None:
+        """Note a client request; return why the policy refuses it, or None."""
+        params = request.params or {}
+        guarded = GUARDED_METHODS.get(request.method)
+        target = params.get(guarded[1]) if guarded else None
+        if request.method == "tools/call" or request.method == "prompts/get":
+            arguments = params.get("arguments")
+        else:
+            arguments = None
+        meta = params.get("_meta")
+        self.pending[request.id] = _Pending(
+            request.method, target if isinstance(target, str) else None, arguments_digest(arguments),
+            time.monotonic(), datetime.now(UTC),
+            meta.get("progressToken") if isinstance(meta, dict) else None,
+        )
+        if guarded is None:
+            return None
+        kind = guarded[0]
+        if isinstance(target, str) and self._permissions().allows(kind, target):
+            return None
+        identity = self.session.owner.identity
+        what = f"{kind.value[:-1]} {target!r}" if isinstance(target, str) else f"{request.method} without a name"
+        logger.warning("denied %s to %s (roles: %s) in %s", what, identity.label,
+                       ", ".join(identity.roles) or "none", self.session.label)
+        return f"not allowed: the {what} is outside what the certificate {identity.name} may use"
+
+    async def _answer(self, to_client: "WriteStream[SessionMessage]",
+                      message: JSONRPCResponse | JSONRPCError) -> None:
+        """Record the answer, durably, then send it: the log never misses a call a client saw."""
+        if message.id is not None and message.id in self.pending:
+            denied = isinstance(message, JSONRPCError) and message.error.code == NOT_ALLOWED
+            failed = isinstance(message, JSONRPCError) or bool(
+                isinstance(message.result, dict) and message.result.get("isError"))
+            self._record(message.id, "denied" if denied else "allowed", "error" if failed else "ok")
+        await to_client.send(SessionMessage(message))
+
+    def _record(self, request_id: RequestId, decision: str, outcome: str) -> None:
+        pending = self.pending.pop(request_id, None)
+        if pending is None:
+            return
+        identity = self.session.owner.identity
+        self._calllog.append({
+            "time": iso_utc(pending.at), "serial": identity.serial, "name": identity.name,
+            "roles": list(identity.roles), "session": self.session.id, "method": pending.method,
+            "target": pending.target, "arguments_sha256": pending.arguments_sha256,
+            "decision": decision, "outcome": outcome,
+            "duration_ms": round((time.monotonic() - pending.started) * 1000, 3),
+        })
+
+    def _filtered(self, pending: _Pending, response: JSONRPCResponse) -> JSONRPCResponse:
+        listed = LISTED_METHODS.get(pending.method)
+        if listed is None or not isinstance(response.result, dict):
+            return response
+        kind, key, name_field = listed
+        entries = response.result.get(key)
+        if not isinstance(entries, list):
+            return response
+        permissions = self._permissions()
+        if permissions.everything:
+            return response
+        kept = [e for e in entries if isinstance(e, dict) and isinstance(e.get(name_field), str)
+                and permissions.allows(kind, e[name_field])]
+        return response.model_copy(update={"result": {**response.result, key: kept}})
+
+    def _related_request(self, message: JSONRPCMessage) -> RequestId | None:
+        if not self.pending:
+            return None
+        if isinstance(message, JSONRPCNotification) and message.method == "notifications/progress":
+            token = (message.params or {}).get("progressToken")
+            for request_id, pending in self.pending.items():
+                if pending.progress_token is not None and pending.progress_token == token:
+                    return request_id
+        return next(reversed(self.pending))
+
+
+class SessionManager:
+    """The sessions of one gateway: admission, ownership, idle and revocation endings."""
+
+    def __init__(self, *, upstream: UpstreamFactory, permissions: Callable[[Identity], Permissions],
+                 calllog: CallLog, max_sessions: int, idle_seconds: float) -> None:
+        self._upstream, self._permissions, self._calllog = upstream, permissions, calllog
+        self.max_sessions, self.idle_seconds = max_sessions, idle_seconds
+        self.sessions: dict[str, Session] = {}
+        self._tasks: anyio.abc.TaskGroup | None = None
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Until cancelled; then every session ends and its upstream stops."""
+        try:
+            async with anyio.create_task_group() as self._tasks:
+                task_status.started()
+                await anyio.sleep_forever()
+        finally:
+            self._tasks = None
+
+    def end_all(self, reason: str) -> None:
+        for session in list(self.sessions.values()):
+            session.end(reason)
+
+    def end_where(self, condition: Callable[[Session], str | None]) -> int:
+        """End the sessions for which `condition` gives a reason; how many were ended."""
+        ended = 0
+        for session in list(self.sessions.values()):
+            reason = condition(session)
+            if reason is not None:
+                session.end(reason)
+                ended += 1
+        return ended
+
+    async def handle(self, peer: Peer, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope.get("headers") or [])
+        raw_id = headers.get(MCP_SESSION_ID_HEADER.encode("ascii"))
+        if raw_id is not None:
+            session = self.sessions.get(raw_id.decode("latin-1"))
+            if session is None or not session.owned_by(peer):
+                if session is not None:
+                    logger.warning("refused %s the session of %s (the session id of another certificate)",
+                                   peer.identity.label, session.owner.identity.label)
+                await error_response("Session not found", 404)(scope, receive, send)
+                return
+            await session.transport.handle_request(scope, receive, send)
+            return
+        if scope.get("method") != "POST":
+            await error_response("Bad Request: no session; open one with initialize", 400)(scope, receive, send)
+            return
+        if len(self.sessions) >= self.max_sessions:
+            logger.warning("refused a new session for %s: %d sessions are open (--max-sessions)",
+                           peer.identity.label, len(self.sessions))
+            await error_response("Too many open sessions", 503, INTERNAL_ERROR)(scope, receive, send)
+            return
+        assert self._tasks is not None
+        transport = StreamableHTTPServerTransport(mcp_session_id=uuid4().hex, idle_timeout=self.idle_seconds)
+        assert transport.mcp_session_id is not None
+        session = Session(transport.mcp_session_id, peer, transport)
+        self.sessions[session.id] = session
+        await self._tasks.start(self._serve, session)
+        await transport.handle_request(scope, receive, send)
+        if transport.is_terminated and session.id in self.sessions:
+            session.end("the opening request failed")
+
+    async def _serve(self, session: Session, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        transport = session.transport
+        relay = Relay(session, lambda: self._permissions(session.owner.identity), self._calllog)
+        with session.scope:
+            try:
+                async with transport.connect() as (client, to_client):
+                    task_status.started()
+                    await self._relay(session, relay, client, to_client)
+            except Exception:
+                # One session's failure is its own: the gateway and the other sessions go on.
+                logger.exception("%s failed", session.label)
+                session.ended_because = session.ended_because or "it failed (a bug: see the traceback above)"
+            finally:
+                self.sessions.pop(session.id, None)
+                with anyio.CancelScope(shield=True):
+                    if not transport.is_terminated:
+                        await transport.terminate()
+                logger.info("closed %s: %s", session.label, session.ended_because or "the client ended it")
+
+    async def _relay(self, session: Session, relay: Relay, client: AsyncIterator[SessionMessage | Exception],
+                     to_client: "WriteStream[SessionMessage]") -> None:
+        idle = session.transport.idle_scope or anyio.CancelScope()
+        with idle:
+            try:
+                async with self._upstream(session) as upstream:
+                    logger.info("opened %s", session.label)
+                    async with anyio.create_task_group() as tasks:
+                        async def upstream_side() -> None:
+                            await relay.from_upstream(upstream, to_client)
+                            # The upstream is gone: answer what waits, then end the session.
+                            reason = upstream.why_gone()
+                            tail = getattr(upstream, "stderr_tail", None)
+                            logger.error("%s: %s%s", session.label, reason,
+                                         f"; its stderr ended with: {' | '.join(tail)}" if tail else "")
+                            session.ended_because = reason
+                            await relay.fail_pending(to_client, reason)
+                            tasks.cancel_scope.cancel()
+
+                        tasks.start_soon(upstream_side)
+                        await relay.from_client(client, to_client, upstream)
+                        tasks.cancel_scope.cancel()
+            except UpstreamFailed as exc:
+                reason = str(exc)
+                logger.error("%s: %s", session.label, reason)
+                session.ended_because = reason
+                # Answer the opening request (and any other) with the reason, briefly.
+                with anyio.move_on_after(1.0):
+                    async for item in client:
+                        if isinstance(item, SessionMessage) and isinstance(item.message, JSONRPCRequest):
+                            relay._track(item.message)
+                            await relay.fail_pending(to_client, reason)
+                            break
+        if idle.cancelled_caught:
+            session.ended_because = f"idle for {self.idle_seconds:g} s"
+
+
+def error_response(message: str, status: int, code: int = -32600) -> Response:
+    """A JSON-RPC error body (no request id) with the given HTTP status, as the SDK answers."""
+    body = JSONRPCError(jsonrpc="2.0", id=None, error=ErrorData(code=code, message=message))
+    return Response(body.model_dump_json(by_alias=True, exclude_unset=True), status_code=status,
+                    media_type="application/json")

@@ -1,0 +1,157 @@
+"""What the gateway tests share: a CA with a server certificate, a gateway process, and MCP
+clients over mutual TLS (the SDK's own) and over stdio.
+
+Everything is real: the ``mcp-pki`` console script as a subprocess on a free loopback port,
+the SDK server in tests/mcp_servers/toolbox.py as its upstream, the SDK client with a TLS
+context holding an issued client certificate. Every wait is bounded; every process is
+stopped in teardown.
+"""
+
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx2
+from mcp import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+
+from tests.conftest import VENV_BIN, Cli, listening
+
+MCP_PKI = str(VENV_BIN / "mcp-pki")
+TOOLBOX = str(Path(__file__).parent / "mcp_servers" / "toolbox.py")
+SERVER_NAME = "srv.example.com"
+TIMEOUT = 10.0
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def new_ca(folder: Path, name: str) -> Cli:
+    cli = Cli(folder / "home", folder / "work")
+    cli.cwd.mkdir(parents=True)
+    cli.ok("init-ca", "--name", name, "--org", "Example")
+    cli.ok("issue", "server", "srv", "--dns", SERVER_NAME, "--ip", "127.0.0.1")
+    return cli
+
+
+def toolbox_env(side_effects: Path) -> dict[str, str]:
+    return {**os.environ, "TOOLBOX_SIDE_EFFECTS": str(side_effects)}
+
+
+class Gateway:
+    """One ``mcp-pki gateway`` process on a free port of 127.0.0.1."""
+
+    def __init__(self, cli: Cli, *args: str, command: list[str] | None = None, env: dict[str, str] | None = None,
+                 log: Path) -> None:
+        self.cli, self.args, self.log = cli, args, log
+        self.command = [sys.executable, TOOLBOX] if command is None else command
+        self.env = {**os.environ, "MCP_PKI_HOME": str(cli.home), **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}/mcp"
+
+    def start(self) -> "Gateway":
+        for _attempt in range(3):  # the free port may be taken between probe and bind
+            self.port = free_port()
+            argv = [MCP_PKI, "gateway", "--listen", f"127.0.0.1:{self.port}", *self.args]
+            if self.command:
+                argv += ["--", *self.command]
+            with open(self.log, "ab") as sink:
+                self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink,
+                                                env=self.env, start_new_session=True)
+            if listening(self.port, self.process, timeout=30):
+                return self
+            self.process.wait(TIMEOUT)
+            if "port is in use" not in self.stderr():
+                break
+        raise AssertionError(f"the gateway did not start:\n{self.stderr()}")
+
+    def stderr(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = TIMEOUT) -> int:
+        process, self.process = self.process, None
+        if process is None:
+            return 0
+        if process.poll() is None:
+            process.send_signal(sig)
+            try:
+                return process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(TIMEOUT)
+                raise AssertionError(f"the gateway did not stop within {timeout} s") from None
+        return process.returncode
+
+    def __enter__(self) -> "Gateway":
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(TIMEOUT)
+
+
+def client_context(cli: Cli, folder: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(cli.home / "ca.crt"))
+    context.verify_flags |= ssl.VERIFY_X509_STRICT
+    context.load_cert_chain(str(folder / "tls.crt"), str(folder / "tls.key"))
+    return context
+
+
+@asynccontextmanager
+async def mtls_session(cli: Cli, folder: Path, url: str, **callbacks: Any) -> AsyncIterator[ClientSession]:
+    """An initialized SDK client session through the gateway, presenting `folder`'s certificate."""
+    client = httpx2.AsyncClient(verify=client_context(cli, folder), timeout=httpx2.Timeout(TIMEOUT, read=60))
+    async with client, streamable_http_client(url, http_client=client) as (read, write), \
+            ClientSession(read, write, **callbacks) as session:
+        await session.initialize()
+        yield session
+
+
+@asynccontextmanager
+async def http_session(url: str, **callbacks: Any) -> AsyncIterator[ClientSession]:
+    async with streamable_http_client(url) as (read, write), ClientSession(read, write, **callbacks) as session:
+        await session.initialize()
+        yield session
+
+
+@asynccontextmanager
+async def stdio_session(env: dict[str, str], **callbacks: Any) -> AsyncIterator[ClientSession]:
+    parameters = StdioServerParameters(command=sys.executable, args=[TOOLBOX], env=env)
+    with open(os.devnull, "w") as errlog:
+        async with stdio_client(parameters, errlog=errlog) as (read, write), \
+                ClientSession(read, write, **callbacks) as session:
+            await session.initialize()
+            yield session
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> float:
+    """Seconds it took for `condition` to hold."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def dump(result: Any) -> Any:
+    """An SDK result as plain data, for comparing two paths to the same server."""
+    return result.model_dump(mode="json", by_alias=True, exclude_none=True)

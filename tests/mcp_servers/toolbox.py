@@ -1,0 +1,92 @@
+"""A small MCP server written with the SDK, for the gateway's tests and benchmark.
+
+Several tools (one with a visible side effect: it appends to the file named by
+``$TOOLBOX_SIDE_EFFECTS``), a resource, a resource template and a prompt.
+
+    python toolbox.py                       # stdio
+    python toolbox.py --http PORT           # streamable HTTP on 127.0.0.1:PORT (uvicorn)
+"""
+
+import json
+import os
+import sys
+
+from mcp.server.mcpserver import Context, MCPServer
+
+server = MCPServer("toolbox")
+
+
+@server.tool()
+def echo(text: str) -> str:
+    """Returns its argument."""
+    return text
+
+
+@server.tool()
+def query(sql: str) -> str:
+    """Pretends to run a query."""
+    return f"42 rows for {sql}"
+
+
+@server.tool()
+def list_tables() -> list[str]:
+    """Names some tables."""
+    return ["users", "orders"]
+
+
+@server.tool()
+def append(line: str) -> str:
+    """Appends a line to the side-effect file: proof that a call reached the server."""
+    with open(os.environ["TOOLBOX_SIDE_EFFECTS"], "a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+    return "appended"
+
+
+@server.tool()
+async def shout(text: str, ctx: Context) -> str:
+    """Logs to the client (a notification), then answers in capitals."""
+    await ctx.info(f"shouting {text}")
+    return text.upper()
+
+
+@server.tool()
+def headers(ctx: Context) -> str:
+    """The identity headers the request arrived with (HTTP only)."""
+    seen = {k.lower(): v for k, v in (ctx.headers or {}).items() if k.lower().startswith("x-client")}
+    return json.dumps(seen, sort_keys=True)
+
+
+@server.tool()
+def pid() -> int:
+    """The server's process id: one process per session shows here."""
+    return os.getpid()
+
+
+@server.resource("db://tables")
+def tables() -> str:
+    return "users,orders"
+
+
+@server.resource("file://notes")
+def notes() -> str:
+    return "private notes"
+
+
+@server.resource("db://table/{name}")
+def table(name: str) -> str:
+    return f"table {name}"
+
+
+@server.prompt()
+def summarise(topic: str) -> str:
+    """A prompt with an argument."""
+    return f"Summarise {topic} in one line."
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--http":
+        import uvicorn
+
+        uvicorn.run(server.streamable_http_app(), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+    else:
+        server.run()
