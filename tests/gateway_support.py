@@ -155,3 +155,62 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = TIMEOU
 def dump(result: Any) -> Any:
     """An SDK result as plain data, for comparing two paths to the same server."""
     return result.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+PROTOCOL_VERSION = "2025-06-18"
+
+
+class RawClient:
+    """MCP over one keep-alive HTTPS connection, by hand: what tests of a connection's fate
+    need (the SDK's client pools and reconnects on its own)."""
+
+    def __init__(self, cli: Cli, folder: Path | None, port: int, context: ssl.SSLContext | None = None) -> None:
+        import http.client
+
+        self.connection = http.client.HTTPSConnection(
+            "127.0.0.1", port, context=context or client_context(cli, folder or Path()), timeout=TIMEOUT)
+        self.session: str | None = None
+        self._next_id = 0
+
+    def post(self, message: dict[str, Any], session: str | None = None) -> tuple[int, list[dict[str, Any]], dict[str, str]]:
+        """(status, the JSON-RPC messages of the answer, headers)."""
+        import json
+
+        headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+                   "MCP-Protocol-Version": PROTOCOL_VERSION}
+        if session or self.session:
+            headers["Mcp-Session-Id"] = session or self.session or ""
+        self.connection.request("POST", "/mcp", json.dumps(message).encode(), headers)
+        response = self.connection.getresponse()
+        body = response.read().decode("utf-8", errors="replace")
+        found = dict(response.getheaders())
+        if found.get("content-type", "").startswith("text/event-stream"):
+            messages = [json.loads(line[5:]) for line in body.splitlines() if line.startswith("data:") and line[5:].strip()]
+        else:
+            messages = [json.loads(body)] if body.strip() else []
+        return response.status, messages, found
+
+    def request(self, method: str, params: dict[str, Any] | None = None) -> tuple[int, dict[str, Any] | None]:
+        self._next_id += 1
+        message: dict[str, Any] = {"jsonrpc": "2.0", "id": self._next_id, "method": method}
+        if params is not None:
+            message["params"] = params
+        status, messages, _ = self.post(message)
+        answer = next((m for m in messages if m.get("id") == self._next_id), None)
+        return status, answer
+
+    def initialize(self) -> dict[str, Any]:
+        self._next_id += 1
+        status, messages, headers = self.post({"jsonrpc": "2.0", "id": self._next_id, "method": "initialize", "params": {
+            "protocolVersion": PROTOCOL_VERSION, "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}})
+        assert status == 200, (status, messages)
+        self.session = headers.get("mcp-session-id")
+        assert self.session, headers
+        self.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        return messages[-1]
+
+    def call(self, tool: str, **arguments: Any) -> tuple[int, dict[str, Any] | None]:
+        return self.request("tools/call", {"name": tool, "arguments": arguments})
+
+    def close(self) -> None:
+        self.connection.close()

@@ -14,6 +14,7 @@ so a keep-alive connection cannot outlive its certificate), the body limit, then
 import asyncio
 import errno
 import logging
+import signal
 import socket
 import ssl
 from collections.abc import Callable
@@ -207,7 +208,14 @@ class _Server(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         super().handle_exit(sig, frame)
-        asyncio.get_event_loop().call_soon_threadsafe(self._sessions.end_all, "the gateway is stopping")
+        # uvicorn raises the signal again once it has shut down, so that the process dies of
+        # it; a gateway asked to stop has stopped as asked, and exits 0.
+        self._captured_signals.clear()
+        asyncio.get_event_loop().call_soon_threadsafe(self._stop, signal.Signals(sig).name)
+
+    def _stop(self, name: str) -> None:
+        logger.info("%s: stopping (%d session(s) open)", name, len(self._sessions.sessions))
+        self._sessions.end_all("the gateway is stopping")
 
 
 def utc_now() -> datetime:
