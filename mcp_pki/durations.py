@@ -7,9 +7,13 @@ from mcp_pki.errors import InvalidInput
 
 _UNITS = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1),
           "w": timedelta(weeks=1), "y": timedelta(days=365)}
-_PATTERN = re.compile(r"(\d{1,6})([mhdwy])")
+# ASCII digits only: \d and int() also take "٣" or "９", which no one means as a number.
+_PATTERN = re.compile(r"([0-9]{1,6})([mhdwy])")
 # Longer than any certificate or CRL should live, and far from datetime's year 9999.
 MAX_DURATION = timedelta(days=36500)
+# The shortest certificate validity or CRL lifetime we sign: anything shorter expires before
+# clocks across a fleet agree, or before a server has even reloaded it.
+MIN_LIFETIME = timedelta(hours=1)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -27,3 +31,15 @@ def parse_duration(text: str) -> timedelta:
         raise InvalidInput(f"invalid duration {text!r}: at most 100y")
     return duration
 
+
+
+def parse_lifetime(text: str, *, what: str) -> timedelta:
+    """A validity or a CRL's next update: a duration of at least `MIN_LIFETIME`."""
+    duration = parse_duration(text)
+    check_lifetime(duration, what=what)
+    return duration
+
+
+def check_lifetime(duration: timedelta, *, what: str) -> None:
+    if duration < MIN_LIFETIME:
+        raise InvalidInput(f"{what} must be at least 1h")

@@ -103,7 +103,9 @@ PKI_CASES: dict[str, tuple[list[str], str, str]] = {
     "rsa2048": (["--key-type", "rsa2048"], "rsa2048", "p384"),
     "ed25519": (["--key-type", "ed25519"], "ed25519", "ed25519"),
     "single-tier-rsa4096": (["--single-tier", "--key-type", "rsa4096"], "p256", "rsa3072"),
-    "permit-dns": (["--permit-dns", "example.com"], "p256", "p256"),
+    # any --permit-* constrains every name type: the IP and email leaves need theirs
+    "permit-dns": (["--permit-dns", "example.com", "--permit-ip", "127.0.0.1/32",
+                    "--permit-email", "example.com"], "p256", "p256"),
 }
 ALL_CASES = list(PKI_CASES)
 # cryptography's verifier applies a Web PKI profile that forbids Ed25519 keys and
@@ -223,7 +225,10 @@ def test_permit_dns_puts_critical_name_constraints_on_the_issuing_ca(pkis: PkiFa
     issuing = pki.server.intermediates[0]
     constraints = issuing.extensions.get_extension_for_class(x509.NameConstraints)
     assert constraints.critical
-    assert constraints.value.permitted_subtrees == [x509.DNSName("example.com")]
+    assert constraints.value.permitted_subtrees == [
+        x509.DNSName("example.com"), x509.IPAddress(ipaddress.ip_network("127.0.0.1/32")),
+        x509.RFC822Name("example.com"), x509.UniformResourceIdentifier("nothing.invalid"),
+    ]
     assert constraints.value.excluded_subtrees is None
     with pytest.raises(x509.ExtensionNotFound):  # the root of a two-tier CA stays unconstrained
         pki.root.extensions.get_extension_for_class(x509.NameConstraints)
@@ -237,7 +242,10 @@ def test_single_tier_root_with_permit_dns_is_constrained_and_lints_clean(
     root = x509.load_pem_x509_certificate((mcp.home / "ca.crt").read_bytes())
     constraints = root.extensions.get_extension_for_class(x509.NameConstraints)
     assert constraints.critical
-    assert constraints.value.permitted_subtrees == [x509.DNSName("example.com")]
+    assert constraints.value.permitted_subtrees == [
+        x509.DNSName("example.com"), x509.RFC822Name("nothing.invalid"),
+        x509.UniformResourceIdentifier("nothing.invalid"),
+    ]
     leaf = Issued(mcp.cwd / "web")
     assert len(leaf.chain) == 1
     assert lint_all({"root": root, "server": leaf.leaf}, tmp_path) == {}

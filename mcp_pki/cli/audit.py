@@ -1,5 +1,7 @@
 """``mcp-pki audit`` and ``audit verify``."""
 
+from pathlib import Path
+
 import click
 
 from mcp_pki.cli.common import (
@@ -48,9 +50,16 @@ def audit(ctx: click.Context, since: str | None, as_json: bool) -> None:
 
 
 @audit.command()
+@click.option("--file", "log_file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Check a gateway's tool-call log (mcp-pki gateway --audit-log FILE) instead.")
 @pass_settings
-def verify(settings: Settings) -> None:
+def verify(settings: Settings, log_file: Path | None) -> None:
     """Recompute the hash chain; exit 1 naming the first altered or missing record."""
+    if log_file is not None:
+        from mcp_pki.cli.gateway import verify_call_log
+
+        verify_call_log(log_file)
+        return
     from mcp_pki.errors import PkiError
     from mcp_pki.services.audit import verify_audit_log
     from mcp_pki.services.authority import open_existing

@@ -17,12 +17,16 @@ KEY_TYPES = ("p256", "p384", "ed25519", "rsa2048", "rsa3072", "rsa4096")
 @click.option("--validity", default="10y", show_default=True, help="Root lifetime; the issuing CA gets half of it.")
 @click.option("--single-tier", is_flag=True, help="No issuing CA: the root signs leaves itself.")
 @click.option("--permit-dns", multiple=True, metavar="SUFFIX", help="Only DNS names under SUFFIX may be issued (name constraints). Repeatable.")
+@click.option("--permit-ip", multiple=True, metavar="CIDR", help="Only IP addresses in CIDR may be issued. Repeatable.")
+@click.option("--permit-email", multiple=True, metavar="DOMAIN", help="Only email addresses at DOMAIN (.DOMAIN: below it; or one mailbox). Repeatable.")
+@click.option("--permit-uri", multiple=True, metavar="HOST", help="Only URIs whose host is HOST (.DOMAIN: any host below it). Repeatable.")
 @click.option("--no-passphrase", is_flag=True, help="Store CA keys unencrypted. Development only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_settings
 def init_ca(
     settings: Settings, name: str, org: str | None, key_type: str, validity: str, single_tier: bool,
-    permit_dns: tuple[str, ...], no_passphrase: bool, as_json: bool,
+    permit_dns: tuple[str, ...], permit_ip: tuple[str, ...], permit_email: tuple[str, ...],
+    permit_uri: tuple[str, ...], no_passphrase: bool, as_json: bool,
 ) -> None:
     """Create the root CA and an issuing CA signed by it.
 
@@ -30,15 +34,21 @@ def init_ca(
     An existing CA is never replaced. The root certificate is written to <home>/ca.crt:
     distribute it to every server and client.
 
+    With any --permit-* option the issuing CA carries name constraints for every name type
+    (DNS, IP, email, URI): a type without its --permit-* option cannot be issued at all, and
+    relying parties refuse it too. Issuance checks the same before signing.
+
     \b
     Examples:
       MCP_PKI_PASSPHRASE=... mcp-pki init-ca --name "Acme MCP" --org Acme
       mcp-pki init-ca --permit-dns mcp.acme.internal --key-type p384
+      mcp-pki init-ca --permit-dns acme.internal --permit-ip 10.0.0.0/8 --permit-email acme.test
     """
-    from mcp_pki.durations import parse_duration
+    from mcp_pki.durations import parse_lifetime
     from mcp_pki.errors import InvalidInput
+    from mcp_pki.pki.constraints import NamePolicy
     from mcp_pki.pki.keys import parse_key_type
-    from mcp_pki.services.authority import CaRequest, normalise_permitted_dns
+    from mcp_pki.services.authority import CaRequest
     from mcp_pki.services.authority import init_ca as create
 
     common_name = name.strip()
@@ -46,14 +56,19 @@ def init_ca(
         raise InvalidInput("invalid --name: 1-50 printable characters")
     if org is not None and (not org.strip() or len(org) > 64 or not org.isprintable()):
         raise InvalidInput("invalid --org: 1-64 printable characters")
+    # Validated before the passphrase is asked for.
+    NamePolicy.parse(dns=permit_dns, ips=permit_ip, emails=permit_email, uris=permit_uri)
     request = CaRequest(
         common_name=common_name,
         org=org,
         key_type=parse_key_type(key_type),
-        validity=parse_duration(validity),
+        validity=parse_lifetime(validity, what="--validity"),
         single_tier=single_tier,
-        permitted_dns=normalise_permitted_dns(permit_dns),
+        permitted_dns=permit_dns,
         passphrase=None if no_passphrase else settings.new_ca_passphrase(),
+        permitted_ips=permit_ip,
+        permitted_emails=permit_email,
+        permitted_uris=permit_uri,
     )
     if no_passphrase:
         warn("!!! CA keys will be stored UNENCRYPTED (--no-passphrase). Anyone who can read "

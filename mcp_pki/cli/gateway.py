@@ -104,3 +104,14 @@ def gateway(
     for warning in prepared.warnings:
         click.echo(f"mcp-pki gateway: warning: {warning}", err=True)
     prepared.run(verbose=verbose)
+
+
+def verify_call_log(path: Path) -> None:
+    """``mcp-pki audit verify --file FILE``: the gateway's tool-call log, line by line."""
+    from mcp_pki.errors import PkiError
+    from mcp_pki.gateway.calllog import verify_file
+
+    verdict = verify_file(path)
+    if not verdict.ok:
+        raise PkiError(f"tool-call log broken: {verdict.problem} ({verdict.lines} line(s) before it are intact)")
+    click.echo(f"tool-call log intact: {verdict.lines} lines")

@@ -77,10 +77,10 @@ def client(settings: Settings, name: str, email: tuple[str, ...], role: tuple[st
     Same files as `issue server`. Example:
       mcp-pki issue client alice --email alice@acme.test --role admin --role ops
     """
-    from mcp_pki.pki.names import SubjectAltNames, validate_role
+    from mcp_pki.pki.names import SubjectAltNames, validate_roles
 
     sans = SubjectAltNames.parse(uris=options["uri"], emails=email)
-    roles = tuple(dict.fromkeys(validate_role(r) for r in role))
+    roles = validate_roles(role)
     options.setdefault("owner", None)
     options["owner"] = options["owner"] or name
     _issue(settings, "client", name, sans, roles=roles, **options)
@@ -91,7 +91,7 @@ def _issue(
     validity: str, key_type: str | None, csr_file: str | None, owner: str | None, out_dir: str | None,
     p12: bool, p12_legacy: bool, force: bool, as_json: bool,
 ) -> None:
-    from mcp_pki.durations import parse_duration
+    from mcp_pki.durations import parse_lifetime
     from mcp_pki.errors import InvalidInput
     from mcp_pki.pki.csr import load_csr
     from mcp_pki.pki.keys import KeyType, parse_key_type
@@ -111,7 +111,7 @@ def _issue(
         raise InvalidInput("--p12 needs the private key, which stays with the requester when --csr is used")
     request = LeafRequest(
         kind=CertificateKind(kind), name=name, sans=sans, roles=roles, owner=owner,
-        validity=parse_duration(validity),
+        validity=parse_lifetime(validity, what="--validity"),
         key_type=parse_key_type(key_type) if key_type else KeyType.P256, csr=csr,
     )
     p12_passphrase = None

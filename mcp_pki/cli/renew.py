@@ -66,6 +66,7 @@ def _renew_one(
     settings: Settings, ref: str, out_dir: str | None, validity: str | None, key_type: str | None,
     csr_file: str | None, revoke_old: bool, allow_expired: bool, force: bool, as_json: bool,
 ) -> None:
+    from mcp_pki.durations import parse_lifetime
     from mcp_pki.pki.csr import load_csr
     from mcp_pki.pki.keys import parse_key_type
     from mcp_pki.services.issuance import OutputRequest
@@ -73,7 +74,7 @@ def _renew_one(
 
     csr = load_csr(read_file(csr_file, "CSR")) if csr_file else None
     options = RenewOptions(
-        validity=parse_duration_option(validity), key_type=parse_key_type(key_type) if key_type else None,
+        validity=None if validity is None else parse_lifetime(validity, what="--validity"), key_type=parse_key_type(key_type) if key_type else None,
         csr=csr, revoke_old=revoke_old, allow_expired=allow_expired,
     )
     renewal = renew_certificate(

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from mcp_pki.cli.common import Settings, emit_json, now, parse_duration_option, pass_settings
+from mcp_pki.cli.common import Settings, emit_json, now, pass_settings
 from mcp_pki.timestamps import iso_utc
 
 if TYPE_CHECKING:
@@ -81,11 +81,12 @@ def crl(settings: Settings, next_update: str | None, out_file: str | None, der_d
     CRLs expire (7 days by default) and servers then reject every client: run this
     regularly, e.g. daily from cron. `mcp-pki status` warns when half the time is gone.
     """
+    from mcp_pki.durations import parse_lifetime
     from mcp_pki.services.revocation import republish
 
     result = republish(
         settings.home(), passphrase=settings.ca_passphrase, now=now(),
-        validity=parse_duration_option(next_update),
+        validity=None if next_update is None else parse_lifetime(next_update, what="--next-update"),
         copy_to=Path(out_file) if out_file else None, der_folder=Path(der_dir) if der_dir else None,
     )
     _report(result, as_json)

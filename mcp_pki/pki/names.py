@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from cryptography import x509
 
-from mcp_pki.errors import InvalidInput, PolicyViolation
+from mcp_pki.errors import InvalidInput
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _T = TypeVar("_T")
@@ -24,8 +24,14 @@ _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 _TOP_LABEL = re.compile(r"[a-z0-9-]{0,62}[a-z]")
 _URI_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
 _EMAIL_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}")
-_LOOKS_LIKE_HOST = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+")
+# What OpenSSL reads as a host name in a subject CN, and checks against DNS constraints.
+LOOKS_LIKE_HOST = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+")
 _ROLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+# Bounds on what one certificate may carry: far above any real MCP server or teammate, low
+# enough that a typo in a script cannot mint a megabyte certificate that clients choke on.
+MAX_SANS = 100
+MAX_ROLES = 32
+MAX_URI_LENGTH = 2048
 
 
 def validate_name(name: str) -> str:
@@ -77,6 +83,10 @@ def validate_dns_suffix(text: str) -> str:
 
 
 def parse_ip(text: str) -> IPAddress:
+    # ipaddress accepts an IPv6 zone id ("fe80::1%eth0"), but a certificate cannot hold
+    # one: it would be dropped silently and the certificate name another address.
+    if "%" in text:
+        raise InvalidInput(f"invalid IP address {text!r}: zone ids (%...) cannot be put in a certificate")
     try:
         return ipaddress.ip_address(text)
     except ValueError:
@@ -84,6 +94,8 @@ def parse_ip(text: str) -> IPAddress:
 
 
 def validate_uri(text: str) -> str:
+    if len(text) > MAX_URI_LENGTH:
+        raise InvalidInput(f"URI of {len(text)} characters refused: at most {MAX_URI_LENGTH}")
     scheme, colon, rest = text.partition(":")
     if (
         not colon
@@ -116,6 +128,14 @@ def validate_role(text: str) -> str:
     return text
 
 
+def validate_roles(roles: Iterable[str]) -> tuple[str, ...]:
+    """Roles of a client certificate, duplicates collapsed, at most `MAX_ROLES`."""
+    unique = _unique(validate_role(r) for r in roles)
+    if len(unique) > MAX_ROLES:
+        raise InvalidInput(f"{len(unique)} roles refused: at most {MAX_ROLES} per certificate")
+    return unique
+
+
 @dataclass(frozen=True, slots=True)
 class SubjectAltNames:
     """The subject alternative names of one certificate, already validated."""
@@ -136,12 +156,16 @@ class SubjectAltNames:
         allow_wildcard: bool = False,
     ) -> "SubjectAltNames":
         """Validate command-line values; duplicates collapse, order is kept."""
-        return cls(
+        sans = cls(
             dns=_unique(validate_dns_name(d, allow_wildcard=allow_wildcard) for d in dns),
             ips=_unique(parse_ip(i) for i in ips),
             uris=_unique(validate_uri(u) for u in uris),
             emails=_unique(validate_email(e) for e in emails),
         )
+        count = len(sans.dns) + len(sans.ips) + len(sans.uris) + len(sans.emails)
+        if count > MAX_SANS:
+            raise InvalidInput(f"{count} subject alternative names refused: at most {MAX_SANS} per certificate")
+        return sans
 
     @classmethod
     def from_labels(cls, labels: list[str]) -> "SubjectAltNames":
@@ -176,33 +200,6 @@ class SubjectAltNames:
             + [x509.UniformResourceIdentifier(u) for u in self.uris]
             + [x509.RFC822Name(e) for e in self.emails]
         )
-
-
-def check_permitted_dns(sans: SubjectAltNames, permitted: tuple[str, ...], *, common_name: str) -> None:
-    """Our own enforcement of ``--permit-dns``: some TLS stacks ignore name constraints.
-
-    Like the name constraints we put on the CA, only DNS names are constrained: IP, URI
-    and email names are outside a DNS subtree's reach (RFC 5280 4.2.1.10).
-    """
-    if not permitted:
-        return
-    for name in sans.dns:
-        if not _within(name.removeprefix("*."), permitted):
-            raise PolicyViolation(
-                f"DNS name {name!r} is outside this CA's permitted names ({', '.join(permitted)})"
-            )
-    # With no DNS name in the SANs, OpenSSL checks a subject CN that looks like a host name
-    # (dotted, host-name characters only) against the DNS constraints, and rejects it.
-    if not sans.dns and _LOOKS_LIKE_HOST.fullmatch(common_name) and not _within(common_name.lower(), permitted):
-        raise PolicyViolation(
-            f"name {common_name!r} looks like a DNS name outside this CA's permitted names "
-            f"({', '.join(permitted)}), so OpenSSL-based peers would reject the certificate: "
-            "choose a name without dots, or one under a permitted suffix"
-        )
-
-
-def _within(name: str, permitted: tuple[str, ...]) -> bool:
-    return any(name == suffix or name.endswith("." + suffix) for suffix in permitted)
 
 
 def _unique(items: Iterable[_T]) -> tuple[_T, ...]:

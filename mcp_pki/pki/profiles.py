@@ -81,13 +81,6 @@ def _ca_key_usage() -> x509.KeyUsage:
     )
 
 
-def _name_constraints(permitted_dns: tuple[str, ...]) -> x509.NameConstraints:
-    return x509.NameConstraints(
-        permitted_subtrees=[x509.DNSName(suffix) for suffix in permitted_dns],
-        excluded_subtrees=None,
-    )
-
-
 def build_root_ca(
     *,
     key: SigningKey,
@@ -95,12 +88,12 @@ def build_root_ca(
     serial: int,
     not_before: datetime,
     not_after: datetime,
-    permitted_dns: tuple[str, ...] = (),
+    name_constraints: x509.NameConstraints | None = None,
 ) -> x509.Certificate:
     """A self-signed root. It carries name constraints only when it signs leaves itself."""
     builder = _ca_builder(
         subject=subject, issuer_name=subject, public_key=key.public_key(), serial=serial,
-        not_before=not_before, not_after=not_after, path_length=None, permitted_dns=permitted_dns,
+        not_before=not_before, not_after=not_after, path_length=None, name_constraints=name_constraints,
     )
     return builder.sign(key, signature_hash_for(key))
 
@@ -113,12 +106,12 @@ def build_issuing_ca(
     serial: int,
     not_before: datetime,
     not_after: datetime,
-    permitted_dns: tuple[str, ...] = (),
+    name_constraints: x509.NameConstraints | None = None,
 ) -> x509.Certificate:
     """The intermediate that signs leaves: path length 0, so it can create no further CAs."""
     builder = _ca_builder(
         subject=subject, issuer_name=issuer.certificate.subject, public_key=public_key, serial=serial,
-        not_before=not_before, not_after=not_after, path_length=0, permitted_dns=permitted_dns,
+        not_before=not_before, not_after=not_after, path_length=0, name_constraints=name_constraints,
     ).add_extension(_authority_key_identifier(issuer.certificate), critical=False)
     return builder.sign(issuer.key, signature_hash_for(issuer.key))
 
@@ -132,7 +125,7 @@ def _ca_builder(
     not_before: datetime,
     not_after: datetime,
     path_length: int | None,
-    permitted_dns: tuple[str, ...],
+    name_constraints: x509.NameConstraints | None,
 ) -> x509.CertificateBuilder:
     builder = (
         x509.CertificateBuilder()
@@ -147,9 +140,9 @@ def _ca_builder(
         .add_extension(_ca_key_usage(), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )
-    if permitted_dns:
+    if name_constraints is not None:
         # RFC 5280 4.2.1.10: conforming CAs MUST mark name constraints critical.
-        builder = builder.add_extension(_name_constraints(permitted_dns), critical=True)
+        builder = builder.add_extension(name_constraints, critical=True)
     return builder
 
 

@@ -6,7 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from mcp_pki.durations import parse_duration
+from mcp_pki.durations import parse_lifetime
 from mcp_pki.errors import InvalidInput
 from mcp_pki.pki.profiles import LEAF_MAX_VALIDITY
 
@@ -100,4 +100,4 @@ def _section(data: dict[str, Any], name: str, known: set[str]) -> dict[str, Any]
 
 
 def _duration(section: dict[str, Any], key: str, default: timedelta) -> timedelta:
-    return parse_duration(str(section[key])) if key in section else default
+    return parse_lifetime(str(section[key]), what=f"config.yaml: {key}") if key in section else default
