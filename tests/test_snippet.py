@@ -169,8 +169,6 @@ def test_bad_targets_variables_and_kinds_are_clean_errors(ca: Cli) -> None:
     assert_clean_error(ca("snippet", "server-env", "srv", "--var", "command=x", "--var", "args='open"),
                        "cannot split")
     assert_clean_error(ca("snippet", "--all", "srv"), "--all needs --out DIR")
-    assert_clean_error(ca("snippet", "--all", "srv", "--out", "x"), "missing --var command=...")
-    assert_clean_error(ca("snippet", "--all", "alice", "--out", "x"), "missing --var url=...")
     assert_clean_error(ca("snippet", "--all", "alice", "--out", "x", "--var", f"url={URL}", "--var", "port=1"),
                        "no client target has variable port")
     assert_clean_error(ca("snippet", "nginx", "nobody"), "no certificate matches 'nobody'")

@@ -13,7 +13,19 @@ from typing import Any
 import click
 
 from mcp_pki import __version__
-from mcp_pki.cli import audit, bridge, ca, db, health, inventory, issue, renew, revocation, snippet
+from mcp_pki.cli import (
+    audit,
+    bridge,
+    ca,
+    db,
+    health,
+    inventory,
+    issue,
+    renew,
+    revocation,
+    snippet,
+    teammate,
+)
 from mcp_pki.cli.common import Settings
 from mcp_pki.cli.gateway import gateway as gateway_command
 from mcp_pki.errors import PkiError
@@ -87,6 +99,8 @@ cli.add_command(renew.renew)
 cli.add_command(health.status)
 cli.add_command(health.verify)
 cli.add_command(snippet.snippet)
+cli.add_command(teammate.request)
+cli.add_command(teammate.install)
 cli.add_command(bridge.bridge)
 cli.add_command(gateway_command)
 cli.add_command(audit.audit)

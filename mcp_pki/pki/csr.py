@@ -7,7 +7,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from mcp_pki.errors import InvalidInput
-from mcp_pki.pki.keys import check_public_key_strength
+from mcp_pki.pki.keys import SigningKey, check_public_key_strength, signature_hash_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,3 +54,17 @@ def _requested_names(csr: x509.CertificateSigningRequest) -> tuple[str, ...]:
     for general_name in san:
         names.append(f"{type(general_name).__name__.removesuffix('Name')}:{general_name.value}")
     return tuple(names)
+
+
+def build_request(key: SigningKey, name: str, *, email: str | None = None) -> x509.CertificateSigningRequest:
+    """The CSR a teammate sends for a client certificate: CN = NAME and the email they want.
+
+    The CA takes only the public key and, when the admin repeats them, the names: the request
+    says who it is for, so the admin can check it before signing.
+    """
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name)])
+    )
+    if email:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=False)
+    return builder.sign(key, signature_hash_for(key))

@@ -123,14 +123,31 @@ def _warnings(view: CertificateView, folder: str | None) -> list[str]:
             for path in missing_files(view)]
 
 
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A target that ``--all`` could not render, and what it needs."""
+
+    target: Target
+    reason: str
+
+
 def render_all(home: Home, ref: str, *, folder: str | None, variables: dict[str, str],
                now: datetime) -> Rendered:
-    """Every target for REF's kind, and the README that says which file goes where.
+    """Every target for REF's kind that the given variables allow, and the README that says
+    which file goes where and which targets were skipped for want of a ``--var``.
 
-    Each target takes the variables it knows. A variable no target knows, or one that a
-    target needs and nobody gave, is an error naming all of them at once.
+    A variable no target knows is an error (a typo would otherwise skip targets silently);
+    so is a set of variables with which no target renders at all.
     """
     view = certificate_view(home, ref, folder=folder, now=now)
+    snippets, skipped, readme = render_targets(view, variables, overrides=home.templates_dir)
+    warnings = _warnings(view, folder) + [f"skipped {s.target.name}: {s.reason}" for s in skipped]
+    return Rendered(snippets, readme, warnings)
+
+
+def render_targets(view: CertificateView, variables: dict[str, str], *,
+                   overrides: Path | None) -> tuple[list[Snippet], list[Skipped], str]:
+    """Each target for the view's kind, or the reason it was skipped; and the bundle README."""
     targets = [t for t in TARGETS if view.kind in t.kinds]
     known = {v.name for t in targets for v in t.variables}
     unknown = sorted(set(variables) - known)
@@ -138,16 +155,18 @@ def render_all(home: Home, ref: str, *, folder: str | None, variables: dict[str,
         raise InvalidInput(
             f"no {view.kind} target has variable {', '.join(unknown)} (known: {', '.join(sorted(known))})"
         )
-    missing: dict[str, list[str]] = {}
+    snippets: list[Snippet] = []
+    skipped: list[Skipped] = []
     for target in targets:
-        for variable in target.variables:
-            if variable.required and not variables.get(variable.name):
-                missing.setdefault(f"--var {variable.name}=... ({variable.meaning})", []).append(target.name)
-    if missing:
-        raise InvalidInput("missing " + "; ".join(f"{what}, for {', '.join(ts)}" for what, ts in missing.items()))
-    snippets = []
-    for target in targets:
+        missing = [v for v in target.variables if v.required and not variables.get(v.name)]
+        if missing:
+            needs = "; ".join(f"--var {v.name}=... ({v.meaning})" for v in missing)
+            skipped.append(Skipped(target, f"needs {needs}"))
+            continue
         mine = {k: v for k, v in variables.items() if target.variable(k) is not None}
-        snippets.append(Snippet(target, render(target, view, mine, overrides=home.templates_dir)))
-    readme = render_page(BUNDLE_README, overrides=home.templates_dir, cert=view, snippets=snippets)
-    return Rendered(snippets, readme, _warnings(view, folder))
+        snippets.append(Snippet(target, render(target, view, mine, overrides=overrides)))
+    if not snippets:
+        reasons = sorted({s.reason for s in skipped})
+        raise InvalidInput(f"no {view.kind} target can be rendered: {'; '.join(reasons)}")
+    readme = render_page(BUNDLE_README, overrides=overrides, cert=view, snippets=snippets, skipped=skipped)
+    return snippets, skipped, readme
