@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 
 from mcp_pki.errors import Conflict, InvalidInput, InventoryError, PassphraseError, PolicyViolation
 from mcp_pki.pki import keys, profiles
+from mcp_pki.pki.constraints import NamePolicy
 from mcp_pki.pki.inspect import from_pem, pem
-from mcp_pki.pki.names import validate_dns_suffix
 from mcp_pki.services import audit
 from mcp_pki.services.crls import publish_crls, write_crl_file
 from mcp_pki.services.files import OutputFiles, refuse_existing
@@ -33,6 +33,17 @@ class CaRequest:
     single_tier: bool
     permitted_dns: tuple[str, ...]
     passphrase: bytes | None  # None only with --no-passphrase
+    # The other --permit-* options; with any --permit-* given, every name type is
+    # constrained (see mcp_pki.pki.constraints).
+    permitted_ips: tuple[str, ...] = ()
+    permitted_emails: tuple[str, ...] = ()
+    permitted_uris: tuple[str, ...] = ()
+
+    def name_policy(self) -> NamePolicy:
+        return NamePolicy.parse(
+            dns=self.permitted_dns, ips=self.permitted_ips, emails=self.permitted_emails,
+            uris=self.permitted_uris,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,10 +51,6 @@ class CreatedCa:
     root: x509.Certificate
     issuing: x509.Certificate | None
     root_file: Path
-
-
-def normalise_permitted_dns(suffixes: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(validate_dns_suffix(s) for s in suffixes))
 
 
 def init_ca(home: Home, request: CaRequest, *, now: datetime) -> CreatedCa:
@@ -54,6 +61,7 @@ def init_ca(home: Home, request: CaRequest, *, now: datetime) -> CreatedCa:
         [home.root_certificate_file, home.crl_file], force=False,
         hint="this home already has a CA (a CA is never replaced; use another --home)",
     )
+    name_policy = request.name_policy()  # bad --permit-* values fail before anything exists
     policy = home.policy()  # a bad config.yaml fails here, before the inventory exists
     if policy.crl_validity <= timedelta(0):
         raise InvalidInput("config.yaml: crl.next_update must be greater than zero")
@@ -64,7 +72,7 @@ def init_ca(home: Home, request: CaRequest, *, now: datetime) -> CreatedCa:
         with write_session(engine) as session, session.begin():
             if session.scalar(select(Authority.id).limit(1)) is not None:
                 raise Conflict(f"this inventory already has a CA ({home.db_url}): a CA is never replaced")
-            root, issuing, signers = _create_authorities(session, request, now=now)
+            root, issuing, signers = _create_authorities(session, request, name_policy, now=now)
             session.flush()
             # Publish empty CRLs at once: servers configured with ssl_crl need a CRL from
             # every CA in the chain before the first revocation ever happens.
@@ -84,10 +92,12 @@ def init_ca(home: Home, request: CaRequest, *, now: datetime) -> CreatedCa:
                     ],
                     "key_type": request.key_type.value,
                     "single_tier": request.single_tier,
-                    "permitted_dns": list(request.permitted_dns),
+                    "permitted_dns": list(name_policy.dns),
+                    "name_constraints": name_policy.summary() if name_policy.constrained else None,
                     "key_encrypted": request.passphrase is not None,
                     "crl_numbers": [c.number for c in crls],
                 },
+                signer=signers[-1][1],  # the CA that signs leaves, as in every later checkpoint
             )
             output.add(home.root_certificate_file, pem(root).encode("ascii"))
     except BaseException:
@@ -101,9 +111,10 @@ def init_ca(home: Home, request: CaRequest, *, now: datetime) -> CreatedCa:
 
 
 def _create_authorities(
-    session: Session, request: CaRequest, *, now: datetime
+    session: Session, request: CaRequest, name_policy: NamePolicy, *, now: datetime
 ) -> tuple[x509.Certificate, x509.Certificate | None, list[tuple[Authority, profiles.Issuer]]]:
     root_key = keys.generate_private_key(request.key_type)
+    constraints = name_policy.extension()
     root_not_after = now + request.validity
     root_cert = profiles.build_root_ca(
         key=root_key,
@@ -111,10 +122,11 @@ def _create_authorities(
         serial=profiles.new_serial(),
         not_before=now - profiles.BACKDATE,
         not_after=root_not_after,
-        permitted_dns=request.permitted_dns if request.single_tier else (),
+        name_constraints=constraints if request.single_tier else None,
     )
     root = _authority_row(
-        "root", root_cert, root_key, request, signs_leaves=request.single_tier, now=now
+        "root", root_cert, root_key, request, name_policy.dns if request.single_tier else (),
+        signs_leaves=request.single_tier, now=now,
     )
     session.add(root)
     signers = [(root, profiles.Issuer(root_cert, root_key))]
@@ -130,9 +142,11 @@ def _create_authorities(
             serial=profiles.new_serial(),
             not_before=now - profiles.BACKDATE,
             not_after=now + request.validity / 2,
-            permitted_dns=request.permitted_dns,
+            name_constraints=constraints,
         )
-        issuing = _authority_row("issuing", issuing_cert, issuing_key, request, signs_leaves=True, now=now)
+        issuing = _authority_row(
+            "issuing", issuing_cert, issuing_key, request, name_policy.dns, signs_leaves=True, now=now
+        )
         issuing.parent = root
         session.add(issuing)
         signers.append((issuing, profiles.Issuer(issuing_cert, issuing_key)))
@@ -144,6 +158,7 @@ def _authority_row(
     certificate: x509.Certificate,
     key: keys.SigningKey,
     request: CaRequest,
+    permitted_dns: tuple[str, ...],
     *,
     signs_leaves: bool,
     now: datetime,
@@ -157,7 +172,8 @@ def _authority_row(
         certificate_pem=pem(certificate),
         encrypted_key_pem=keys.encrypt_private_key(key, request.passphrase),
         key_encrypted=request.passphrase is not None,
-        permitted_dns=list(request.permitted_dns),
+        # Kept for display; issuance enforces the CA certificate's own name constraints.
+        permitted_dns=list(permitted_dns),
         not_before=certificate.not_valid_before_utc,
         not_after=certificate.not_valid_after_utc,
         created_at=now,

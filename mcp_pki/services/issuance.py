@@ -5,24 +5,26 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
+from mcp_pki.durations import check_lifetime
 from mcp_pki.errors import Conflict, InvalidInput
 from mcp_pki.pki import keys, profiles
 from mcp_pki.pki.bundles import pkcs12_bytes
+from mcp_pki.pki.constraints import check_name_constraints
 from mcp_pki.pki.crl import RevocationReason
 from mcp_pki.pki.csr import VerifiedRequest
 from mcp_pki.pki.inspect import CertificateFacts, facts, from_pem, pem
-from mcp_pki.pki.names import SubjectAltNames, check_permitted_dns
+from mcp_pki.pki.names import MAX_ROLES, MAX_SANS, SubjectAltNames
 from mcp_pki.pki.profiles import CertificateKind
 from mcp_pki.services import audit
-from mcp_pki.services.authority import PassphraseSource, signing_chain, unlock, unlock_all
+from mcp_pki.services.authority import Chain, PassphraseSource, signing_chain, unlock, unlock_all
 from mcp_pki.services.crls import PublishedCrl, new_revocation, publish_crls, write_crl_file
 from mcp_pki.services.files import PRIVATE, FilesNotWritten, OutputFiles, refuse_existing
 from mcp_pki.services.home import Home
 from mcp_pki.store.db import open_inventory, read_session, write_session
-from mcp_pki.store.models import Certificate
+from mcp_pki.store.models import AuditRecord, Certificate, Revocation
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,7 @@ def issue_leaf(
     engine: Engine | None = None,
     supersedes: int | None = None,
     unlocked: dict[int, profiles.Issuer] | None = None,
+    run_began: int | None = None,
 ) -> IssuedLeaf:
     """Sign one leaf certificate, record it, then write its files.
 
@@ -73,6 +76,9 @@ def issue_leaf(
     holding the certificate is renamed into place. With `supersedes`, that certificate is
     revoked as superseded and the CRLs republished in the same transaction. Bulk callers
     pass the CA keys `unlocked` once (scrypt makes each unlock cost ~30 ms on purpose).
+    A renewal re-checks in its write transaction that the certificate it renews is still
+    unrevoked and, given `run_began` (the `audit_mark` when the run read its work), that the
+    owner was not offboarded since: offboarding wins over a renewal already under way.
     """
     _check_request(request, output)
     paths = _output_paths(request, output)
@@ -83,7 +89,7 @@ def issue_leaf(
     try:
         with read_session(engine) as session, session.begin():
             chain = signing_chain(session)
-            check_permitted_dns(request.sans, tuple(chain.signer.permitted_dns), common_name=request.name)
+            _check_name_constraints(chain, request)
             issuers = unlocked or (unlock_all(session, passphrase, now=now) if supersedes else {})
         issuer = issuers.get(chain.signer.id) or unlock(chain.signer, passphrase, now=now)
         private_key = None if request.csr else keys.generate_private_key(request.key_type)
@@ -125,6 +131,8 @@ def issue_leaf(
         try:
             files.prepare(output.folder)
             with write_session(engine) as session, session.begin():
+                if request.renews_id is not None:
+                    refuse_stale_renewal(session, request.renews_id, request.owner, run_began=run_began)
                 session.add(_certificate_row(request, certificate, leaf_facts, chain.signer.id, output.folder, now))
                 details: dict[str, object] = {
                     "kind": request.kind.value, "sans": list(leaf_facts.sans),
@@ -140,6 +148,7 @@ def issue_leaf(
                 audit.append_record(
                     session, now=now, action="renew" if request.renews_id else "issue",
                     target_serial=leaf_facts.serial, target_name=request.name, details=details,
+                    signer=issuer,
                 )
         except BaseException:
             files.abandon()
@@ -179,6 +188,31 @@ def issue_leaf(
     return IssuedLeaf(request.kind, request.name, request.owner, leaf_facts, written, warnings)
 
 
+def audit_mark(session: Session) -> int:
+    """The newest audit record's position: what happened after it happened during this run."""
+    return session.scalar(select(func.coalesce(func.max(AuditRecord.seq), 0))) or 0
+
+
+def refuse_stale_renewal(session: Session, renews_id: int, owner: str | None, *, run_began: int | None) -> None:
+    """Inside the write transaction: refuse to renew a certificate revoked since the run read
+    it, or one whose owner was offboarded since `run_began` (offboarding wins)."""
+    revoked = session.execute(
+        select(Certificate.serial, Revocation.revoked_at)
+        .join(Revocation, Revocation.certificate_id == Certificate.id)
+        .where(Certificate.id == renews_id)
+    ).first()
+    if revoked is not None:
+        raise Conflict(f"certificate {revoked.serial} was revoked meanwhile: not renewed")
+    if owner is not None and run_began is not None:
+        offboarded = session.scalar(
+            select(AuditRecord.seq)
+            .where(AuditRecord.seq > run_began, AuditRecord.action == "offboard", AuditRecord.target_name == owner)
+            .limit(1)
+        )
+        if offboarded is not None:
+            raise Conflict(f"{owner} was offboarded meanwhile: not renewed")
+
+
 def _serial_of(session: Session, certificate_id: int) -> str:
     serial = session.scalar(select(Certificate.serial).where(Certificate.id == certificate_id))
     assert serial is not None
@@ -199,7 +233,26 @@ def _revoke_superseded(
     )
 
 
+def _check_name_constraints(chain: Chain, request: LeafRequest) -> None:
+    """Refuse before signing what any CA of the chain may not sign: the constraints in the CA
+    certificates themselves, so that we enforce exactly what relying parties enforce."""
+    for authority in chain.authorities:
+        try:
+            constraints = from_pem(authority.certificate_pem).extensions.get_extension_for_class(
+                x509.NameConstraints
+            )
+        except x509.ExtensionNotFound:
+            continue
+        check_name_constraints(request.sans, constraints.value, common_name=request.name)
+
+
 def _check_request(request: LeafRequest, output: OutputRequest) -> None:
+    # Enforced here as well as on the command line: every caller (renew, apply) passes here.
+    if len(request.sans.labels()) > MAX_SANS:
+        raise InvalidInput(f"{len(request.sans.labels())} subject alternative names refused: at most {MAX_SANS}")
+    check_lifetime(request.validity, what="the validity")
+    if len(request.roles) > MAX_ROLES:
+        raise InvalidInput(f"{len(request.roles)} roles refused: at most {MAX_ROLES} per certificate")
     if request.kind is CertificateKind.SERVER and not (request.sans.dns or request.sans.ips):
         raise InvalidInput("a server certificate needs at least one --dns or --ip name")
     if request.csr and output.p12_passphrase is not None:
