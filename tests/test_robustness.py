@@ -448,6 +448,7 @@ def test_an_inventory_from_before_0002_is_upgraded_in_place(ca: Cli) -> None:
     from alembic import command
     from sqlalchemy import create_engine
 
+    from mcp_pki.store.db import SCHEMA_REVISION
     from mcp_pki.store.migrate import _config
 
     ca.ok("issue", "client", "alice")
@@ -468,5 +469,5 @@ def test_an_inventory_from_before_0002_is_upgraded_in_place(ca: Cli) -> None:
     assert table_counts(ca.db) == counts
     with sqlite3.connect(ca.db) as connection:
         assert connection.execute("SELECT files_dir FROM certificates").fetchall() == [(None,)]
-        assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002",)]
+        assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [(SCHEMA_REVISION,)]
     ca.ok("audit", "verify")

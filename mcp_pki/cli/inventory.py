@@ -1,6 +1,9 @@
 """``mcp-pki list``, ``show`` and ``export``: reading the inventory."""
 
+import itertools
+import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -30,7 +33,7 @@ def list_command(
 ) -> None:
     """List certificates in the inventory (all of them unless filtered)."""
     from mcp_pki.services.authority import open_existing
-    from mcp_pki.services.inventory import ListFilter, Status, list_certificates
+    from mcp_pki.services.inventory import ListFilter, Status, iter_certificates
 
     wanted = ListFilter(
         kind=kind, status=Status(status) if status else None,
@@ -38,22 +41,34 @@ def list_command(
     )
     engine = open_existing(settings.home())
     try:
-        rows = list_certificates(engine, wanted, now=now())
+        rows = iter_certificates(engine, wanted, now=now())
+        # Streamed as read: 100,000 certificates never sit in memory at once.
+        if as_json:
+            _stream_json(row.as_json() for row in rows)
+            return
+        first = next(rows, None)
+        if first is None:
+            click.echo("no certificates", err=True)
+            return
+        write = sys.stdout.write
+        write(f"{'SERIAL':40}  {'KIND':6}  {'NAME':20}  {'STATUS':7}  {'NOT AFTER':16}  NAMES / ROLES\n")
+        for row in itertools.chain((first,), rows):
+            extras = ", ".join([*row.sans, *(f"role:{r}" for r in row.roles)])
+            write(
+                f"{row.serial:40}  {row.kind:6}  {row.name:20}  {row.status.value:7}  "
+                f"{row.not_after:%Y-%m-%d %H:%M}  {extras}\n"
+            )
     finally:
         engine.dispose()
-    if as_json:
-        emit_json([row.as_json() for row in rows])
-        return
-    if not rows:
-        click.echo("no certificates", err=True)
-        return
-    click.echo(f"{'SERIAL':40}  {'KIND':6}  {'NAME':20}  {'STATUS':7}  {'NOT AFTER':16}  NAMES / ROLES")
-    for row in rows:
-        extras = ", ".join([*row.sans, *(f"role:{r}" for r in row.roles)])
-        click.echo(
-            f"{row.serial:40}  {row.kind:6}  {row.name:20}  {row.status.value:7}  "
-            f"{row.not_after:%Y-%m-%d %H:%M}  {extras}"
-        )
+
+
+def _stream_json(documents: Iterator[dict[str, object]]) -> None:
+    """A JSON array written one object per line as the rows arrive."""
+    write, separator = sys.stdout.write, "[\n  "
+    for document in documents:
+        write(separator + json.dumps(document))
+        separator = ",\n  "
+    write("[]\n" if separator.startswith("[") else "\n]\n")
 
 
 @click.command()
@@ -107,38 +122,19 @@ def show(settings: Settings, ref: str, as_json: bool, as_pem: bool) -> None:
 
 @click.command()
 @click.argument("ref")
-@click.option("--format", "export_format", type=click.Choice(["pem", "der", "chain", "p12", "bundle"]), default="pem",
-              show_default=True, help="chain = certificate then intermediates, as in tls.crt; bundle = a .tar.gz "
-              "for 'mcp-pki install' on the teammate's machine.")
+@click.option("--format", "export_format", type=click.Choice(["pem", "der", "chain", "p12"]), default="pem", show_default=True,
+              help="chain = certificate then intermediates, as in tls.crt.")
 @click.option("--key", "key_file", type=click.Path(dir_okay=False), help="Private key for --format p12.")
 @click.option("--p12-legacy", is_flag=True, help="3DES/SHA-1 PKCS#12 for old macOS and Java.")
-@click.option("--dir", "folder", metavar="DIR", help="With --format bundle: the folder on the teammate's machine, "
-              "to render the host configurations for [default: install renders them].")
-@click.option("--var", "variables", multiple=True, metavar="KEY=VALUE", help="With --format bundle: a snippet "
-              "parameter for the host configurations, e.g. url=https://files.example.com:8443/mcp.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Write here instead of stdout.")
 @click.option("--force", is_flag=True, help="Replace an existing --out file.")
 @pass_settings
 def export(
-    settings: Settings, ref: str, export_format: str, key_file: str | None, p12_legacy: bool, folder: str | None,
-    variables: tuple[str, ...], out_file: str | None, force: bool,
+    settings: Settings, ref: str, export_format: str, key_file: str | None, p12_legacy: bool,
+    out_file: str | None, force: bool,
 ) -> None:
-    """Export a certificate as PEM, DER, chain, PKCS#12 (with the key you hold), or a bundle.
-
-    \b
-    A bundle holds what a teammate who made their own key ('mcp-pki request') needs:
-      mcp-pki issue client alice --csr alice.csr --role dev
-      mcp-pki export alice --format bundle --var url=https://files.example.com:8443/mcp --out alice.tar.gz
-    """
+    """Export a certificate as PEM, DER, chain, or PKCS#12 (with the key you hold)."""
     from mcp_pki.errors import InvalidInput
-
-    if export_format == "bundle":
-        from mcp_pki.cli.teammate import export_bundle
-
-        export_bundle(settings, ref, out_file=out_file, folder=folder, variables=variables, force=force)
-        return
-    if folder is not None or variables:
-        raise InvalidInput("--dir and --var are only used with --format bundle")
     from mcp_pki.services.authority import open_existing
     from mcp_pki.services.files import PRIVATE, PUBLIC, write_atomically
     from mcp_pki.services.inventory import ExportFormat, export_certificate

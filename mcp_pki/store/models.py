@@ -87,7 +87,7 @@ class Certificate(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     issuer_id: Mapped[int] = mapped_column(ForeignKey("authorities.id"))
-    serial: Mapped[str] = mapped_column(String(40))
+    serial: Mapped[str] = mapped_column(String(40), index=True)
     kind: Mapped[str] = mapped_column(String(16))  # "server" or "client"
     name: Mapped[str] = mapped_column(String(64), index=True)
     owner: Mapped[str | None] = mapped_column(String(64), index=True)
@@ -100,7 +100,7 @@ class Certificate(Base):
     not_after: Mapped[datetime] = mapped_column(index=True)
     certificate_pem: Mapped[str] = mapped_column(Text)
     sha256_fingerprint: Mapped[str] = mapped_column(String(95))
-    renews_id: Mapped[int | None] = mapped_column(ForeignKey("certificates.id"))
+    renews_id: Mapped[int | None] = mapped_column(ForeignKey("certificates.id"), index=True)
     created_at: Mapped[datetime]
     # The absolute folder `issue`/`renew` wrote tls.crt (and tls.key) into; None before 0002.
     files_dir: Mapped[str | None] = mapped_column(Text)
