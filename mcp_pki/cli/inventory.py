@@ -122,19 +122,38 @@ def show(settings: Settings, ref: str, as_json: bool, as_pem: bool) -> None:
 
 @click.command()
 @click.argument("ref")
-@click.option("--format", "export_format", type=click.Choice(["pem", "der", "chain", "p12"]), default="pem", show_default=True,
-              help="chain = certificate then intermediates, as in tls.crt.")
+@click.option("--format", "export_format", type=click.Choice(["pem", "der", "chain", "p12", "bundle"]), default="pem",
+              show_default=True, help="chain = certificate then intermediates, as in tls.crt; bundle = a .tar.gz "
+              "for 'mcp-pki install' on the teammate's machine.")
 @click.option("--key", "key_file", type=click.Path(dir_okay=False), help="Private key for --format p12.")
 @click.option("--p12-legacy", is_flag=True, help="3DES/SHA-1 PKCS#12 for old macOS and Java.")
+@click.option("--dir", "folder", metavar="DIR", help="With --format bundle: the folder on the teammate's machine, "
+              "to render the host configurations for [default: install renders them].")
+@click.option("--var", "variables", multiple=True, metavar="KEY=VALUE", help="With --format bundle: a snippet "
+              "parameter for the host configurations, e.g. url=https://files.example.com:8443/mcp.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Write here instead of stdout.")
 @click.option("--force", is_flag=True, help="Replace an existing --out file.")
 @pass_settings
 def export(
-    settings: Settings, ref: str, export_format: str, key_file: str | None, p12_legacy: bool,
-    out_file: str | None, force: bool,
+    settings: Settings, ref: str, export_format: str, key_file: str | None, p12_legacy: bool, folder: str | None,
+    variables: tuple[str, ...], out_file: str | None, force: bool,
 ) -> None:
-    """Export a certificate as PEM, DER, chain, or PKCS#12 (with the key you hold)."""
+    """Export a certificate as PEM, DER, chain, PKCS#12 (with the key you hold), or a bundle.
+
+    \b
+    A bundle holds what a teammate who made their own key ('mcp-pki request') needs:
+      mcp-pki issue client alice --csr alice.csr --role dev
+      mcp-pki export alice --format bundle --var url=https://files.example.com:8443/mcp --out alice.tar.gz
+    """
     from mcp_pki.errors import InvalidInput
+
+    if export_format == "bundle":
+        from mcp_pki.cli.teammate import export_bundle
+
+        export_bundle(settings, ref, out_file=out_file, folder=folder, variables=variables, force=force)
+        return
+    if folder is not None or variables:
+        raise InvalidInput("--dir and --var are only used with --format bundle")
     from mcp_pki.services.authority import open_existing
     from mcp_pki.services.files import PRIVATE, PUBLIC, write_atomically
     from mcp_pki.services.inventory import ExportFormat, export_certificate
