@@ -5,7 +5,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from mcp_pki.durations import check_lifetime
@@ -24,7 +24,7 @@ from mcp_pki.services.crls import PublishedCrl, new_revocation, publish_crls, wr
 from mcp_pki.services.files import PRIVATE, FilesNotWritten, OutputFiles, refuse_existing
 from mcp_pki.services.home import Home
 from mcp_pki.store.db import open_inventory, read_session, write_session
-from mcp_pki.store.models import Certificate
+from mcp_pki.store.models import AuditRecord, Certificate, Revocation
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +68,7 @@ def issue_leaf(
     engine: Engine | None = None,
     supersedes: int | None = None,
     unlocked: dict[int, profiles.Issuer] | None = None,
+    run_began: int | None = None,
 ) -> IssuedLeaf:
     """Sign one leaf certificate, record it, then write its files.
 
@@ -75,6 +76,9 @@ def issue_leaf(
     holding the certificate is renamed into place. With `supersedes`, that certificate is
     revoked as superseded and the CRLs republished in the same transaction. Bulk callers
     pass the CA keys `unlocked` once (scrypt makes each unlock cost ~30 ms on purpose).
+    A renewal re-checks in its write transaction that the certificate it renews is still
+    unrevoked and, given `run_began` (the `audit_mark` when the run read its work), that the
+    owner was not offboarded since: offboarding wins over a renewal already under way.
     """
     _check_request(request, output)
     paths = _output_paths(request, output)
@@ -127,6 +131,8 @@ def issue_leaf(
         try:
             files.prepare(output.folder)
             with write_session(engine) as session, session.begin():
+                if request.renews_id is not None:
+                    refuse_stale_renewal(session, request.renews_id, request.owner, run_began=run_began)
                 session.add(_certificate_row(request, certificate, leaf_facts, chain.signer.id, output.folder, now))
                 details: dict[str, object] = {
                     "kind": request.kind.value, "sans": list(leaf_facts.sans),
@@ -179,6 +185,31 @@ def issue_leaf(
                 + ", ".join(ignored)
             )
     return IssuedLeaf(request.kind, request.name, request.owner, leaf_facts, written, warnings)
+
+
+def audit_mark(session: Session) -> int:
+    """The newest audit record's position: what happened after it happened during this run."""
+    return session.scalar(select(func.coalesce(func.max(AuditRecord.seq), 0))) or 0
+
+
+def refuse_stale_renewal(session: Session, renews_id: int, owner: str | None, *, run_began: int | None) -> None:
+    """Inside the write transaction: refuse to renew a certificate revoked since the run read
+    it, or one whose owner was offboarded since `run_began` (offboarding wins)."""
+    revoked = session.execute(
+        select(Certificate.serial, Revocation.revoked_at)
+        .join(Revocation, Revocation.certificate_id == Certificate.id)
+        .where(Certificate.id == renews_id)
+    ).first()
+    if revoked is not None:
+        raise Conflict(f"certificate {revoked.serial} was revoked meanwhile: not renewed")
+    if owner is not None and run_began is not None:
+        offboarded = session.scalar(
+            select(AuditRecord.seq)
+            .where(AuditRecord.seq > run_began, AuditRecord.action == "offboard", AuditRecord.target_name == owner)
+            .limit(1)
+        )
+        if offboarded is not None:
+            raise Conflict(f"{owner} was offboarded meanwhile: not renewed")
 
 
 def _serial_of(session: Session, certificate_id: int) -> str:

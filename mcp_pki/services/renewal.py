@@ -17,7 +17,7 @@ from mcp_pki.services.authority import PassphraseSource, unlock_all
 from mcp_pki.services.files import refuse_existing
 from mcp_pki.services.home import Home
 from mcp_pki.services.inventory import Status, resolve_ref, status_of
-from mcp_pki.services.issuance import IssuedLeaf, LeafRequest, OutputRequest, issue_leaf
+from mcp_pki.services.issuance import IssuedLeaf, LeafRequest, OutputRequest, audit_mark, issue_leaf
 from mcp_pki.store.db import open_inventory, read_session
 from mcp_pki.store.models import Certificate, Revocation
 
@@ -51,7 +51,8 @@ def renew_certificate(
         with read_session(engine) as session, session.begin():
             old = resolve_ref(session, ref, now=now)
             request = _renewal_request(old, options, now=now)
-        return _renew(home, engine, old, request, output(old.name), options, passphrase, now)
+            run_began = audit_mark(session)
+        return _renew(home, engine, old, request, output(old.name), options, passphrase, now, run_began=run_began)
     finally:
         engine.dispose()
 
@@ -59,11 +60,11 @@ def renew_certificate(
 def _renew(
     home: Home, engine: Engine, old: Certificate, request: LeafRequest, output: OutputRequest,
     options: RenewOptions, passphrase: PassphraseSource, now: datetime,
-    unlocked: dict[int, Issuer] | None = None,
+    unlocked: dict[int, Issuer] | None = None, *, run_began: int,
 ) -> Renewal:
     issued = issue_leaf(
         home, request, output, passphrase=passphrase, now=now, engine=engine,
-        supersedes=old.id if options.revoke_old else None, unlocked=unlocked,
+        supersedes=old.id if options.revoke_old else None, unlocked=unlocked, run_began=run_began,
     )
     return Renewal(old.serial, issued)
 
@@ -149,6 +150,7 @@ def renew_expiring(
     try:
         with read_session(engine) as session, session.begin():
             due = expiring_unreplaced(session, now=now, within=within)
+            run_began = audit_mark(session)
             planned = []
             folders: set[Path] = set()
             for old in due:
@@ -170,7 +172,7 @@ def renew_expiring(
             try:
                 renewed.append(_renew(
                     home, engine, old, request, output, RenewOptions(revoke_old=revoke_old), passphrase, now,
-                    unlocked,
+                    unlocked, run_began=run_began,
                 ))
             except PassphraseError:
                 raise  # the same for every certificate: stop at once

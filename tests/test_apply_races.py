@@ -1,0 +1,51 @@
+"""Offboarding while a renewal runs: offboarding wins (issue 10, item 3).
+
+The renewal run is this process, calling the service with a hook between certificates;
+the offboarding is a separate `mcp-pki offboard` process on the same SQLite inventory, as a
+teammate's departure would be handled while cron renews.
+"""
+
+import json
+import os
+import subprocess
+from datetime import UTC, datetime, timedelta
+
+from mcp_pki.services.home import resolve_home
+from mcp_pki.services.renewal import renew_expiring
+from tests.conftest import PASSPHRASE, VENV_BIN, Cli
+
+
+def offboard_in_another_process(ca: Cli, owner: str) -> None:
+    env = {**os.environ, "MCP_PKI_HOME": str(ca.home), "MCP_PKI_PASSPHRASE": PASSPHRASE}
+    env.pop("MCP_PKI_DB", None)
+    result = subprocess.run([str(VENV_BIN / "mcp-pki"), "offboard", owner], env=env, capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def valid_of(ca: Cli, name: str) -> list[dict[str, object]]:
+    return json.loads(ca.ok("list", "--name", name, "--status", "valid", "--json").stdout)  # type: ignore[no-any-return]
+
+
+def test_a_renewal_run_does_not_renew_a_teammate_offboarded_meanwhile(ca: Cli) -> None:
+    ca.ok("issue", "client", "erin", "--validity", "10d")
+    ca.ok("issue", "client", "frank", "--validity", "20d")  # renewed second: expires later
+    home = resolve_home(str(ca.home), None)
+    calls = []
+
+    def between_renewals() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            offboard_in_another_process(ca, "frank")
+
+    result = renew_expiring(
+        home, within=timedelta(days=30), out_root=ca.cwd / "renewed", force=False,
+        revoke_old=False, passphrase=lambda: PASSPHRASE.encode(), now=datetime.now(UTC),
+        on_progress=between_renewals,
+    )
+    assert [r.issued.name for r in result.renewed] == ["erin"]
+    assert [(name, "offboarded" in error or "revoked" in error) for _, name, error in result.failed] == [("frank", True)]
+    assert valid_of(ca, "frank") == []
+    assert len(valid_of(ca, "erin")) == 2
+    assert not (ca.cwd / "renewed" / "frank").exists()
+    ca.ok("audit", "verify")
