@@ -14,6 +14,7 @@ import click
 
 from mcp_pki import __version__
 from mcp_pki.cli import (
+    apply,
     audit,
     bridge,
     ca,
@@ -96,6 +97,7 @@ cli.add_command(revocation.revoke)
 cli.add_command(revocation.offboard)
 cli.add_command(revocation.crl)
 cli.add_command(renew.renew)
+cli.add_command(apply.apply)
 cli.add_command(health.status)
 cli.add_command(health.verify)
 cli.add_command(snippet.snippet)

@@ -1,0 +1,535 @@
+"""``apply``: make the CA match a roster, as a plan first, then in batches.
+
+The plan compares each roster entry with the valid certificates of its name and kind:
+none → issue; one that differs (names, roles, owner, key) → replace and revoke the old as
+superseded; one expiring within the renewal window → renew; else unchanged. Valid
+certificates of names the roster does not list are reported, and revoked with ``--prune``.
+
+Carrying it out: the issuing CA key is unlocked once; certificates are signed and recorded
+in batches, one transaction each, and their files written after that commit (the key
+first, ``tls.crt`` last, so a folder whose ``tls.crt`` holds the certificate is complete);
+every revocation and the one CRL publication go in a last transaction. Killed at any
+point, the next run's plan finds what is left: a recorded certificate whose folder lacks
+its files is replaced (its key was never written), an old certificate still valid beside
+its replacement is revoked, and a crl.pem behind the inventory is republished.
+"""
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from mcp_pki.errors import PkiError
+from mcp_pki.pki import keys, profiles
+from mcp_pki.pki.crl import RevocationReason, crl_number, load_crls
+from mcp_pki.pki.inspect import facts, from_pem, pem
+from mcp_pki.pki.profiles import CertificateKind, Issuer
+from mcp_pki.services import audit
+from mcp_pki.services.authority import PassphraseSource, signing_chain, unlock
+from mcp_pki.services.crls import new_revocation
+from mcp_pki.services.files import PRIVATE, OutputFiles
+from mcp_pki.services.home import Home
+from mcp_pki.services.issuance import (
+    LeafRequest,
+    _certificate_row,
+    _check_name_constraints,
+    _organisation,
+    audit_mark,
+)
+from mcp_pki.services.revocation import RevokedCertificate, _Change, _change_and_publish
+from mcp_pki.services.roster import Roster, RosterEntry, roster_error
+from mcp_pki.store.db import open_inventory, read_session, write_session
+from mcp_pki.store.models import AuditRecord, Certificate, CrlPublication, Revocation
+
+# Rows per write transaction: large enough that commits (fsync-ed) cost little per
+# certificate, small enough that a crash loses little work and writers wait briefly.
+BATCH_SIZE = 250
+# Files are fsync-ed one by one; a few threads overlap those waits (they release the GIL).
+_WRITER_THREADS = 8
+_PRUNE_REASON = {
+    CertificateKind.CLIENT: RevocationReason.AFFILIATION_CHANGED,
+    CertificateKind.SERVER: RevocationReason.CESSATION_OF_OPERATION,
+}
+
+
+class Action(Enum):
+    ISSUE = "issue"
+    REPLACE = "replace"
+    RENEW = "renew"
+    REVOKE = "revoke"
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A valid certificate the plan looks at."""
+
+    id: int
+    serial: str
+    kind: CertificateKind
+    name: str
+    owner: str | None
+    not_after: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    action: Action
+    kind: CertificateKind
+    name: str
+    why: str
+    entry: RosterEntry | None = None
+    renews: Held | None = None  # RENEW: the certificate renewed (it stays valid)
+    revokes: tuple[Held, ...] = ()  # REPLACE: the superseded ones; REVOKE: the targets
+    reason: RevocationReason | None = None  # of the revocations
+
+    @property
+    def signs(self) -> bool:
+        return self.action is not Action.REVOKE
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    steps: tuple[Step, ...]
+    unchanged: int
+    not_in_roster: tuple[Held, ...]
+    # crl.pem is older than the inventory's newest CRLs (a run was cut off after publishing).
+    republish: bool
+    # The newest audit record when the plan was made: offboarding after it wins.
+    audit_mark: int
+
+    def count(self, action: Action) -> int:
+        if action is Action.REVOKE:
+            return sum(len(s.revokes) for s in self.steps if s.action is Action.REVOKE)
+        return sum(1 for s in self.steps if s.action is action)
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return not self.steps and not self.republish
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One step carried out (or skipped, and why)."""
+
+    step: Step
+    serial: str | None = None  # the new certificate's serial
+    revoked: tuple[str, ...] = ()
+    skipped: str | None = None
+    files: tuple[Path, ...] = ()
+
+
+@dataclass
+class ApplyResult:
+    outcomes: list[Outcome] = field(default_factory=list)
+    crl_numbers: list[int] = field(default_factory=list)
+    crl_file_written: bool = False
+
+
+# --- planning -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    held: Held
+    sans: frozenset[str]
+    roles: frozenset[str]
+    key_type: str
+    from_csr: bool
+    files_dir: str | None
+
+
+def plan_roster(
+    engine: Engine, roster: Roster, *, out_root: Path, renew_within: timedelta, prune: bool,
+    crl_file: Path, now: datetime,
+) -> Plan:
+    """What `apply` would do, read in one transaction; refuses (listing every problem) a
+    roster entry this CA may not sign."""
+    with read_session(engine) as session, session.begin():
+        chain = signing_chain(session)
+        problems = []
+        for entry in roster.entries:
+            request = _request(entry)
+            try:
+                _check_name_constraints(chain, request)
+            except PkiError as exc:
+                problems.append(f"{entry.position}: {exc}")
+        if problems:
+            raise roster_error(roster.source, problems)
+        run_began = audit_mark(session)
+        held: dict[tuple[CertificateKind, str], list[_Row]] = {}
+        for row in _valid_rows(session, now):
+            held.setdefault((row.held.kind, row.held.name), []).append(row)
+        wanted = {(e.kind, e.name) for e in roster.entries}
+        pems = _Pems(session, [r.held.id for key, rows in held.items() if key in wanted for r in rows])
+        steps: list[Step] = []
+        unchanged = 0
+        for entry in roster.entries:
+            step = _entry_step(entry, held.pop((entry.kind, entry.name), []), pems, out_root, renew_within, now)
+            if step is None:
+                unchanged += 1
+            else:
+                steps.append(step)
+        leftovers = sorted((r.held for rows in held.values() for r in rows), key=lambda h: (h.name, h.kind.value, h.id))
+        if prune:
+            for one in leftovers:
+                steps.append(Step(
+                    Action.REVOKE, one.kind, one.name, "not in roster", revokes=(one,),
+                    reason=_PRUNE_REASON[one.kind],
+                ))
+        republish = _crl_file_behind(session, crl_file)
+    return Plan(tuple(steps), unchanged, () if prune else tuple(leftovers), republish, run_began)
+
+
+def _valid_rows(session: Session, now: datetime) -> Iterator[_Row]:
+    query = (
+        select(Certificate.id, Certificate.serial, Certificate.kind, Certificate.name, Certificate.owner,
+               Certificate.not_after, Certificate.sans, Certificate.roles, Certificate.key_type,
+               Certificate.from_csr, Certificate.files_dir)
+        .outerjoin(Revocation, Revocation.certificate_id == Certificate.id)
+        .where(Revocation.certificate_id.is_(None), Certificate.not_after > now)
+        # Newest first: the newest certificate that matches the roster is the current one.
+        .order_by(Certificate.not_before.desc(), Certificate.id.desc())
+    )
+    for r in session.execute(query):
+        yield _Row(
+            Held(r.id, r.serial, CertificateKind(r.kind), r.name, r.owner, r.not_after),
+            frozenset(r.sans), frozenset(r.roles), r.key_type, r.from_csr, r.files_dir,
+        )
+
+
+class _Pems:
+    """Certificate PEMs of the rows the roster names, read in a few chunked queries."""
+
+    _CHUNK = 500
+
+    def __init__(self, session: Session, ids: list[int]) -> None:
+        self._pems: dict[int, str] = {}
+        connection = session.connection()
+        for start in range(0, len(ids), self._CHUNK):
+            chunk = ids[start:start + self._CHUNK]
+            query = select(Certificate.id, Certificate.certificate_pem).where(Certificate.id.in_(chunk))
+            self._pems.update((row.id, row.certificate_pem) for row in connection.execute(query))
+
+    def __call__(self, certificate_id: int) -> str:
+        return self._pems.get(certificate_id, "")
+
+
+def _entry_step(
+    entry: RosterEntry, rows: list[_Row], pems: _Pems, out_root: Path, renew_within: timedelta, now: datetime,
+) -> Step | None:
+    differences = {r.held.id: _difference(entry, r, pems) for r in rows}
+    matching = [r for r in rows if differences[r.held.id] is None]
+    if not matching:
+        if not rows:
+            return Step(Action.ISSUE, entry.kind, entry.name, "new", entry=entry)
+        return Step(
+            Action.REPLACE, entry.kind, entry.name, differences[rows[0].held.id] or "", entry=entry,
+            revokes=tuple(r.held for r in rows), reason=RevocationReason.SUPERSEDED,
+        )
+    current = matching[0]
+    # Older certificates that still match are earlier renewals, valid until they expire;
+    # those that differ were replaced (by a run that stopped before revoking them).
+    stale = tuple(r.held for r in rows if differences[r.held.id] is not None)
+    missing = _files_missing(current, pems, out_root)
+    if missing:
+        return Step(
+            Action.REPLACE, entry.kind, entry.name, missing, entry=entry,
+            revokes=(current.held, *stale), reason=RevocationReason.SUPERSEDED,
+        )
+    if current.held.not_after <= now + renew_within:
+        return Step(
+            Action.RENEW, entry.kind, entry.name, f"expires {current.held.not_after:%Y-%m-%d}", entry=entry,
+            renews=current.held, revokes=stale, reason=RevocationReason.SUPERSEDED,
+        )
+    if stale:
+        return Step(
+            Action.REVOKE, entry.kind, entry.name, f"superseded by {current.held.serial}", revokes=stale,
+            reason=RevocationReason.SUPERSEDED,
+        )
+    return None
+
+
+def _difference(entry: RosterEntry, row: _Row, pems: _Pems) -> str | None:
+    """Why the certificate does not match its roster entry; None when it does."""
+    if row.sans != frozenset(entry.sans.labels()):
+        return "names differ"
+    if row.roles != frozenset(entry.roles):
+        return "roles differ"
+    if row.held.owner != entry.owner:
+        return "owner differs"
+    if entry.csr is not None:
+        if not row.from_csr or not _same_key(pems(row.held.id), entry.csr.public_key):
+            return "the CSR's key differs"
+    elif row.from_csr or row.key_type != entry.key_type.value:
+        return "key type differs"
+    return None
+
+
+def _same_key(certificate_pem: str, public_key: Any) -> bool:
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    return bool(from_pem(certificate_pem).public_key().public_bytes(*spki) == public_key.public_bytes(*spki))
+
+
+def _files_missing(current: _Row, pems: _Pems, out_root: Path) -> str | None:
+    """Whether the certificate's folder exists without it: an interrupted run recorded the
+    certificate but never wrote its files, so its key is gone. A folder that no longer
+    exists was moved or handed over on purpose, and is left alone."""
+    folder = Path(current.files_dir) if current.files_dir else out_root / current.held.name
+    if not folder.is_dir():
+        return None
+    try:
+        written = (folder / "tls.crt").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return f"{folder}/tls.crt is missing"
+    if not written.startswith(pems(current.held.id)):
+        return f"{folder}/tls.crt holds another certificate"
+    return None
+
+
+def _crl_file_behind(session: Session, crl_file: Path) -> bool:
+    recorded = session.scalar(select(func.max(CrlPublication.number))) or 0
+    try:
+        published = max((crl_number(c) or 0 for c in load_crls(crl_file.read_bytes())), default=0)
+    except (OSError, PkiError):
+        published = 0
+    return published < recorded
+
+
+def _request(entry: RosterEntry, *, renews_id: int | None = None) -> LeafRequest:
+    return LeafRequest(
+        kind=entry.kind, name=entry.name, sans=entry.sans, roles=entry.roles, owner=entry.owner,
+        validity=entry.validity, key_type=entry.key_type, csr=entry.csr, renews_id=renews_id,
+    )
+
+
+# --- carrying it out ----------------------------------------------------------------------
+
+
+@dataclass
+class _Signed:
+    step: Step
+    request: LeafRequest
+    row: Certificate
+    details: dict[str, object]
+    files: OutputFiles
+    folder: Path
+    from_csr: bool
+
+
+def apply_plan(
+    home: Home, plan: Plan, *, out_root: Path, passphrase: PassphraseSource, now: datetime,
+    on_done: Callable[[Outcome], None] = lambda outcome: None,
+) -> ApplyResult:
+    """Carry out `plan`: sign in batches, then revoke and republish the CRLs once."""
+    result = ApplyResult()
+    if plan.nothing_to_do:
+        return result
+    engine = open_inventory(home.db_url)
+    try:
+        signing = [s for s in plan.steps if s.signs]
+        if signing:
+            with read_session(engine) as session, session.begin():
+                chain = signing_chain(session)
+                issuer = unlock(chain.signer, passphrase, now=now)
+                intermediates = [from_pem(a.certificate_pem) for a in chain.intermediates()]
+                root_pem, signer_id, signer_not_after = chain.root.certificate_pem, chain.signer.id, chain.signer.not_after
+            context = _SigningContext(
+                issuer, signer_id, signer_not_after, intermediates, root_pem, home.policy().max_validity,
+            )
+            for start in range(0, len(signing), BATCH_SIZE):
+                for outcome in _sign_batch(engine, signing[start:start + BATCH_SIZE], context, plan, out_root, now):
+                    result.outcomes.append(outcome)
+                    on_done(outcome)
+        skipped = {id(o.step) for o in result.outcomes if o.skipped}
+        revoking = [s for s in plan.steps if s.revokes and id(s) not in skipped]
+        if revoking or plan.republish:
+            _revoke_and_publish(home, revoking, plan, result, passphrase=passphrase, now=now, on_done=on_done)
+    finally:
+        engine.dispose()
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class _SigningContext:
+    issuer: Issuer
+    signer_id: int
+    signer_not_after: datetime
+    intermediates: list[Any]
+    root_pem: str
+    max_validity: timedelta
+
+
+def _sign_batch(
+    engine: Engine, steps: list[Step], context: _SigningContext, plan: Plan, out_root: Path, now: datetime,
+) -> list[Outcome]:
+    signed = [_sign(step, context, out_root, now) for step in steps]
+    outcomes: list[Outcome] = []
+    committed: list[_Signed] = []
+    try:
+        for item in signed:
+            item.files.prepare(item.folder)
+        with write_session(engine) as session, session.begin():
+            offboarded = _offboarded_since(session, plan.audit_mark, {s.request.owner for s in signed})
+            renewed_ids = [s.step.renews.id for s in signed if s.step.renews is not None]
+            revoked_meanwhile = set(session.scalars(
+                select(Revocation.certificate_id).where(Revocation.certificate_id.in_(renewed_ids))
+            )) if renewed_ids else set()
+            chain = _AuditChain(session, now)
+            for item in signed:
+                # Offboarding wins over a roster that still lists the teammate, and over a
+                # renewal planned before the certificate was revoked.
+                why = None
+                if item.request.owner is not None and item.request.owner in offboarded:
+                    why = f"{item.request.owner} was offboarded while this ran"
+                elif item.step.renews is not None and item.step.renews.id in revoked_meanwhile:
+                    why = f"{item.step.renews.serial} was revoked while this ran"
+                if why:
+                    outcomes.append(Outcome(item.step, skipped=why))
+                    continue
+                session.add(item.row)
+                committed.append(item)
+            for item in committed:
+                chain.append(action="renew" if item.step.renews else "issue", target_serial=item.row.serial,
+                             target_name=item.row.name, details=item.details)
+    except BaseException:
+        for item in signed:
+            item.files.abandon()
+        raise
+    with ThreadPoolExecutor(_WRITER_THREADS) as pool:
+        written = list(pool.map(_write_files, committed))
+    outcomes.extend(
+        Outcome(item.step, serial=item.row.serial, files=tuple(paths)) for item, paths in zip(committed, written, strict=True)
+    )
+    order = {id(s): i for i, s in enumerate(steps)}
+    return sorted(outcomes, key=lambda o: order.get(id(o.step), 0))
+
+
+class _AuditChain:
+    """Audit records for a batch, chained in memory.
+
+    `audit.append_record` reads the chain's head from the database, which makes the session
+    flush every pending row first: a thousand records would cost a thousand flushes. The
+    head is read once here and each record chained to the one before, as append_record does.
+    """
+
+    def __init__(self, session: Session, now: datetime) -> None:
+        last = session.execute(
+            select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)
+        ).first()
+        self._seq: int = last.seq if last else 0
+        self._hash: str = last.hash if last else audit.GENESIS_HASH
+        self._session, self._now, self._operator = session, now, audit.current_operator()
+
+    def append(self, *, action: str, target_serial: str, target_name: str, details: dict[str, object]) -> None:
+        record = AuditRecord(
+            seq=self._seq + 1, at=self._now, operator=self._operator, action=action,
+            target_serial=target_serial, target_name=target_name, outcome="success",
+            details=details, prev_hash=self._hash,
+        )
+        record.hash = audit.record_hash(record)
+        self._session.add(record)
+        self._seq, self._hash = record.seq, record.hash
+
+
+def _sign(step: Step, context: _SigningContext, out_root: Path, now: datetime) -> _Signed:
+    entry = step.entry
+    assert entry is not None
+    request = _request(entry, renews_id=step.renews.id if step.renews else None)
+    private_key = None if entry.csr else keys.generate_private_key(entry.key_type)
+    public_key = entry.csr.public_key if entry.csr else private_key.public_key()  # type: ignore[union-attr]
+    validity = profiles.leaf_validity(
+        now=now, requested=entry.validity, policy_max=context.max_validity,
+        issuer_not_after=context.signer_not_after,
+    )
+    certificate = profiles.build_leaf(
+        kind=entry.kind, public_key=public_key,
+        subject=profiles.leaf_name(entry.name, _organisation(context.issuer.certificate), entry.roles),
+        sans=entry.sans, issuer=context.issuer, serial=profiles.new_serial(), validity=validity,
+    )
+    leaf = facts(certificate)
+    folder = out_root / entry.name
+    files = OutputFiles()
+    # The key first and tls.crt last: a tls.crt holding the certificate means the folder is
+    # complete, which is what the next run's plan checks.
+    if private_key is not None:
+        files.add(folder / "tls.key", keys.private_key_pem(private_key), mode=PRIVATE)
+    files.add(folder / "ca.crt", context.root_pem.encode("ascii"))
+    chain_pem = pem(certificate) + "".join(pem(c) for c in context.intermediates)
+    files.add(folder / "tls.crt", chain_pem.encode("ascii"))
+    details: dict[str, object] = {
+        "kind": entry.kind.value, "sans": list(leaf.sans), "roles": list(entry.roles),
+        "not_after": leaf.not_after.isoformat(), "key_type": leaf.key_type, "from_csr": entry.csr is not None,
+        "by": "apply",
+    }
+    if step.renews is not None:
+        details["renews"] = step.renews.serial
+    if step.action is Action.REPLACE:
+        details["replaces"] = [h.serial for h in step.revokes]
+    row = _certificate_row(request, certificate, leaf, context.signer_id, folder, now)
+    return _Signed(step, request, row, details, files, folder, entry.csr is not None)
+
+
+def _write_files(item: _Signed) -> list[Path]:
+    written = item.files.write(replace=True)
+    # Files of the certificate this one replaces that it does not have itself (a key, when
+    # the new one came from a CSR; a PKCS#12 bundle) would pair with the wrong certificate.
+    for stale in (item.folder / "tls.key", item.folder / "tls.p12"):
+        if stale not in written and (stale.exists() or stale.is_symlink()):
+            stale.unlink()
+    return written
+
+
+def _offboarded_since(session: Session, mark: int, owners: set[str | None]) -> set[str]:
+    names = [o for o in owners if o is not None]
+    if not names:
+        return set()
+    return set(session.scalars(
+        select(AuditRecord.target_name).where(
+            AuditRecord.seq > mark, AuditRecord.action == "offboard", AuditRecord.target_name.in_(names),
+        )
+    ))
+
+
+def _revoke_and_publish(
+    home: Home, steps: list[Step], plan: Plan, result: ApplyResult, *, passphrase: PassphraseSource,
+    now: datetime, on_done: Callable[[Outcome], None],
+) -> None:
+    """Every revocation of the run, one audit record each, and one CRL publication."""
+    done: list[Outcome] = []
+
+    def change(session: Session) -> _Change:
+        revoked_all: list[RevokedCertificate] = []
+        for step in steps:
+            revoked_here = []
+            for held in step.revokes:
+                certificate = session.get(Certificate, held.id)
+                if certificate is None or certificate.revocation is not None:
+                    continue  # revoked meanwhile (offboarded, say): nothing left to do
+                session.add(new_revocation(certificate, reason=step.reason, invalidity_date=None, now=now))
+                audit.append_record(
+                    session, now=now, action="revoke", target_serial=certificate.serial,
+                    target_name=certificate.name,
+                    details={"reason": step.reason.value if step.reason else "unspecified", "by": "apply"},
+                )
+                revoked_all.append(RevokedCertificate(
+                    certificate.serial, certificate.name, certificate.kind, now, step.reason,
+                ))
+                revoked_here.append(certificate.serial)
+            if step.action is Action.REVOKE:
+                done.append(Outcome(step, revoked=tuple(revoked_here),
+                                    skipped=None if revoked_here else "already revoked"))
+        return _Change(revoked_all, "apply", {"revoked_serials": [r.serial for r in revoked_all]})
+
+    published = _change_and_publish(home, passphrase=passphrase, now=now, change=change)
+    result.crl_numbers = [c.number for c in published.crls]
+    result.crl_file_written = home.crl_file in published.files
+    for outcome in done:
+        result.outcomes.append(outcome)
+        on_done(outcome)

@@ -1,0 +1,301 @@
+"""The team roster: who holds a client certificate, and which MCP servers have one.
+
+A roster is YAML with three sections, ``defaults``, ``servers`` and ``clients``. It is read
+whole and checked whole before anything is signed: every problem is collected with the
+entry's position and line, so a roster with ten typos is fixed in one round, and a typo can
+never silently drop a teammate's role (unknown keys and duplicate keys are errors).
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from mcp_pki.durations import parse_duration
+from mcp_pki.errors import InvalidInput
+from mcp_pki.pki import keys, profiles
+from mcp_pki.pki.csr import VerifiedRequest, load_csr
+from mcp_pki.pki.names import SubjectAltNames, validate_name, validate_role
+from mcp_pki.pki.profiles import CertificateKind
+
+_TOP_KEYS = {"defaults", "servers", "clients"}
+_DEFAULT_KEYS = {"validity", "key_type"}
+_COMMON_KEYS = {"name", "uri", "owner", "validity", "key_type", "csr"}
+_ENTRY_KEYS = {
+    CertificateKind.SERVER: _COMMON_KEYS | {"dns", "ip", "allow_wildcard"},
+    CertificateKind.CLIENT: _COMMON_KEYS | {"email", "roles"},
+}
+_SECTION = {CertificateKind.SERVER: "servers", CertificateKind.CLIENT: "clients"}
+# More than this many problems are summarised: the first ones are what to fix first.
+_MAX_REPORTED = 20
+
+
+@dataclass(frozen=True, slots=True)
+class RosterEntry:
+    """One certificate the roster asks for, validated."""
+
+    kind: CertificateKind
+    name: str
+    position: str  # e.g. "clients[3] (line 12)": how errors and plans point at it
+    sans: SubjectAltNames
+    roles: tuple[str, ...]
+    owner: str | None
+    validity: timedelta
+    key_type: keys.KeyType
+    csr: VerifiedRequest | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Roster:
+    source: str
+    entries: tuple[RosterEntry, ...]
+
+
+class _Problems:
+    """Every problem found, each with where it is."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, where: str, message: str) -> None:
+        self.items.append(f"{where}: {message}")
+
+    def check(self, where: str, function: Callable[[], Any]) -> Any:
+        """Run one validation; on a user error note it and return None."""
+        try:
+            return function()
+        except InvalidInput as exc:
+            self.add(where, str(exc))
+            return None
+
+
+def roster_error(source: str, problems: list[str]) -> InvalidInput:
+    """One error line naming every problem (the first twenty, and how many more)."""
+    shown = problems[:_MAX_REPORTED]
+    more = f"; and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
+    noun = "problem" if len(problems) == 1 else "problems"
+    return InvalidInput(f"roster {source} has {len(problems)} {noun}: {'; '.join(shown)}{more}")
+
+
+def parse_roster(text: bytes, *, source: str, base_dir: Path) -> Roster:
+    """Validate a roster document; CSR files are read relative to `base_dir`."""
+    document, lines = _load(text, source)
+    problems = _Problems()
+    if not isinstance(document, dict):
+        raise roster_error(source, ["the document must be a mapping with servers: and clients: lists"])
+    for key in sorted(set(document) - _TOP_KEYS, key=str):
+        problems.add(f"line {lines.get((key,), '?')}", f"unknown key {key!r} (expected {', '.join(sorted(_TOP_KEYS))})")
+    defaults = _defaults(document.get("defaults"), problems, lines)
+    entries: list[RosterEntry] = []
+    seen: dict[str, str] = {}
+    for kind in (CertificateKind.SERVER, CertificateKind.CLIENT):
+        section = _SECTION[kind]
+        items = document.get(section)
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            problems.add(f"{section} (line {lines.get((section,), '?')})", "must be a list of entries")
+            continue
+        for index, item in enumerate(items):
+            where = f"{section}[{index}] (line {lines.get((section, index), '?')})"
+            entry = _entry(kind, item, where, defaults, base_dir, problems)
+            if entry is None:
+                continue
+            # One folder per NAME under --out-root, and a NAME is how people refer to it.
+            if entry.name in seen:
+                problems.add(entry.position, f"duplicate name {entry.name!r} (also {seen[entry.name]})")
+                continue
+            seen[entry.name] = entry.position
+            entries.append(entry)
+    if "servers" not in document and "clients" not in document:
+        problems.add("roster", "it lists no servers: and no clients: (write an empty list to mean none)")
+    if problems.items:
+        raise roster_error(source, problems.items)
+    return Roster(source, tuple(entries))
+
+
+def _load(text: bytes, source: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
+    """The document and the line of each top-level key and list entry (for messages).
+
+    libyaml's loader is used where available: a 10,000-entry roster then loads in a
+    fraction of a second. Duplicate mapping keys, which YAML loaders silently collapse, are
+    refused here.
+    """
+    import yaml
+
+    loader_class = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        loader = loader_class(text.decode("utf-8"))
+        try:
+            node = loader.get_single_node()
+            duplicates = _duplicate_keys(node) if node is not None else []
+            document = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except UnicodeDecodeError:
+        raise roster_error(source, ["it is not UTF-8 text"]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "YAML"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise roster_error(source, [f"{where}: not valid YAML: {problem}"]) from None
+    if duplicates:
+        raise roster_error(source, duplicates)
+    if document is None:
+        raise roster_error(source, ["it is empty"])
+    return document, _lines(node)
+
+
+def _duplicate_keys(node: Any) -> list[str]:
+    import yaml
+
+    found: list[str] = []
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, yaml.MappingNode):
+            keys_seen: set[str] = set()
+            for key, value in current.value:
+                if isinstance(key, yaml.ScalarNode):
+                    if key.value in keys_seen:
+                        found.append(f"line {key.start_mark.line + 1}: duplicate key {key.value!r}")
+                    keys_seen.add(key.value)
+                stack.append(value)
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend(current.value)
+    return sorted(found)
+
+
+def _lines(node: Any) -> dict[tuple[Any, ...], int]:
+    import yaml
+
+    lines: dict[tuple[Any, ...], int] = {}
+    if not isinstance(node, yaml.MappingNode):
+        return lines
+    for key, value in node.value:
+        if not isinstance(key, yaml.ScalarNode):
+            continue
+        lines[(key.value,)] = key.start_mark.line + 1
+        if isinstance(value, yaml.SequenceNode):
+            for index, item in enumerate(value.value):
+                lines[(key.value, index)] = item.start_mark.line + 1
+    return lines
+
+
+@dataclass(frozen=True, slots=True)
+class _Defaults:
+    validity: timedelta = profiles.LEAF_VALIDITY
+    key_type: keys.KeyType = keys.KeyType.P256
+
+
+def _defaults(value: Any, problems: _Problems, lines: dict[tuple[Any, ...], int]) -> _Defaults:
+    where = f"defaults (line {lines.get(('defaults',), '?')})"
+    if value is None:
+        return _Defaults()
+    if not isinstance(value, dict):
+        problems.add(where, "must be a mapping such as {validity: 90d, key_type: p256}")
+        return _Defaults()
+    for key in sorted(set(value) - _DEFAULT_KEYS, key=str):
+        problems.add(where, f"unknown key {key!r} (expected {', '.join(sorted(_DEFAULT_KEYS))})")
+    validity = _text(value, "validity", where, problems)
+    key_type = _text(value, "key_type", where, problems)
+    parsed_validity = problems.check(where, lambda: parse_duration(validity)) if validity else None
+    parsed_key_type = problems.check(where, lambda: keys.parse_key_type(key_type)) if key_type else None
+    return _Defaults(parsed_validity or profiles.LEAF_VALIDITY, parsed_key_type or keys.KeyType.P256)
+
+
+def _entry(
+    kind: CertificateKind, item: Any, where: str, defaults: _Defaults, base_dir: Path, problems: _Problems,
+) -> RosterEntry | None:
+    if not isinstance(item, dict):
+        problems.add(where, "must be a mapping with at least name:")
+        return None
+    before = len(problems.items)
+    name = _text(item, "name", where, problems)
+    if name is not None:
+        where = f"{where} {name}"
+    known = _ENTRY_KEYS[kind]
+    for key in sorted(set(item) - known, key=str):
+        hint = _suggest(str(key), known)
+        problems.add(where, f"unknown key {key!r}" + (f" (did you mean {hint!r}?)" if hint else ""))
+    if name is None:
+        if "name" not in item:
+            problems.add(where, "name: is required")
+        return None
+    problems.check(where, lambda: validate_name(name))
+    owner = _text(item, "owner", where, problems)
+    if owner is not None:
+        problems.check(where, lambda: validate_name(owner))
+    allow_wildcard = item.get("allow_wildcard", False)
+    if not isinstance(allow_wildcard, bool):
+        problems.add(where, "allow_wildcard: must be true or false")
+        allow_wildcard = False
+    sans = problems.check(where, lambda: SubjectAltNames.parse(
+        dns=_texts(item, "dns", where, problems), ips=_texts(item, "ip", where, problems),
+        uris=_texts(item, "uri", where, problems), emails=_texts(item, "email", where, problems),
+        allow_wildcard=allow_wildcard,
+    ))
+    if kind is CertificateKind.SERVER and sans is not None and not (sans.dns or sans.ips):
+        problems.add(where, "a server needs at least one dns: or ip: name")
+    roles: dict[str, None] = {}
+    for role in _texts(item, "roles", where, problems):
+        if problems.check(where, partial(validate_role, role)):
+            roles[role] = None
+    validity_text = _text(item, "validity", where, problems)
+    validity = problems.check(where, lambda: parse_duration(validity_text)) if validity_text else None
+    key_text = _text(item, "key_type", where, problems)
+    key_type = problems.check(where, lambda: keys.parse_key_type(key_text)) if key_text else None
+    csr_text = _text(item, "csr", where, problems)
+    csr = None
+    if csr_text is not None:
+        if key_text is not None:
+            problems.add(where, "key_type: cannot be used with csr: (the requester chose the key)")
+        csr = problems.check(where, lambda: _read_csr(base_dir / csr_text))
+    if len(problems.items) > before:
+        return None
+    return RosterEntry(
+        kind=kind, name=name, position=where, sans=sans, roles=tuple(roles),
+        # A teammate answers for their own certificate unless the roster says who does,
+        # as with `issue client`; servers have no owner unless one is named.
+        owner=owner if owner is not None else (name if kind is CertificateKind.CLIENT else None),
+        validity=validity or defaults.validity, key_type=key_type or defaults.key_type, csr=csr,
+    )
+
+
+def _read_csr(path: Path) -> VerifiedRequest:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read CSR {path}: {exc.strerror}") from None
+    return load_csr(data)
+
+
+def _text(mapping: dict[Any, Any], key: str, where: str, problems: _Problems) -> str | None:
+    value = mapping.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        problems.add(where, f"{key}: must be text, not {value!r} (quote it)")
+        return None
+    return value
+
+
+def _texts(mapping: dict[Any, Any], key: str, where: str, problems: _Problems) -> tuple[str, ...]:
+    value = mapping.get(key)
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        problems.add(where, f"{key}: must be a list of text values")
+        return ()
+    return tuple(value)
+
+
+def _suggest(key: str, known: set[str]) -> str | None:
+    import difflib
+
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    return close[0] if close else None

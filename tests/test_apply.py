@@ -1,0 +1,262 @@
+"""`mcp-pki apply ROSTER`: the team as a YAML roster (issue 11).
+
+Real keys, a real SQLite inventory, OpenSSL as a subprocess. Rosters are written as a
+newcomer would write them.
+"""
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mcp_pki.errors import InvalidInput
+from mcp_pki.services.roster import parse_roster
+from tests.conftest import Cli, Snapshot, assert_clean_error, openssl, table_counts
+
+
+def roster(clients: list[dict[str, object]], servers: list[dict[str, object]] | None = None) -> str:
+    return json.dumps({"servers": servers or [], "clients": clients})  # JSON is YAML
+
+
+def team(size: int, *, changed: dict[str, list[str]] | None = None, without: set[str] = frozenset()) -> str:  # type: ignore[assignment]
+    clients = [
+        {"name": f"user{i:02d}", "email": [f"user{i:02d}@example.com"], "roles": (changed or {}).get(f"user{i:02d}", ["dev"])}
+        for i in range(size) if f"user{i:02d}" not in without
+    ]
+    servers = [{"name": "mcp-files", "dns": ["mcp-files.internal"], "ip": ["10.0.0.5"]},
+               {"name": "mcp-search", "dns": ["mcp-search.internal"]}]
+    return roster(clients, servers)
+
+
+def leaf(folder: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificates((folder / "tls.crt").read_bytes())[0]
+
+
+def verify_with_crls(ca: Cli, folder: Path) -> bool:
+    chain = str(folder / "tls.crt")
+    result = openssl("verify", "-crl_check_all", "-CAfile", str(ca.home / "ca.crt"), "-untrusted", chain,
+                     "-CRLfile", str(ca.home / "crl.pem"), chain)
+    return result.returncode == 0
+
+
+def revoked_serials(ca: Cli) -> set[int]:
+    crls = [x509.load_pem_x509_crl(b"-----BEGIN X509 CRL" + part)
+            for part in (ca.home / "crl.pem").read_bytes().split(b"-----BEGIN X509 CRL")[1:]]
+    return {entry.serial_number for crl in crls for entry in crl}
+
+
+def test_a_roster_is_issued_replaced_pruned_and_reapplied_as_planned(ca: Cli) -> None:
+    file = ca.cwd / "team.yaml"
+    file.write_text(team(24))
+
+    before = Snapshot(ca)
+    planned = json.loads(ca.ok("apply", "team.yaml", "--dry-run", "--json", "--out-root", "certs").stdout)
+    before.assert_unchanged()
+    assert planned["totals"] == {"issue": 26, "replace": 0, "renew": 0, "revoke": 0, "unchanged": 0,
+                                 "not_in_roster": 0}
+    text_plan = ca.ok("apply", "team.yaml", "--dry-run", "--out-root", "certs")
+    assert "26 to issue, 0 to replace, 0 to renew, 0 to revoke, 0 unchanged" in text_plan.stderr
+    before.assert_unchanged()
+
+    done = json.loads(ca.ok("apply", "team.yaml", "--json", "--out-root", "certs").stdout)
+    assert [(a["action"], a["name"]) for a in done["actions"]] == [(a["action"], a["name"]) for a in planned["actions"]]
+    assert len({a["serial"] for a in done["actions"]}) == 26
+    certs = ca.cwd / "certs"
+    for name in ("user00", "user23", "mcp-files"):
+        folder = certs / name
+        assert stat.S_IMODE(os.stat(folder / "tls.key").st_mode) == 0o600
+        assert verify_with_crls(ca, folder)
+        key = serialization.load_pem_private_key((folder / "tls.key").read_bytes(), None)
+        assert key.public_key() == leaf(folder).public_key()
+    alice = leaf(certs / "user03")
+    assert [a.value for a in alice.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)] == ["dev"]
+    assert alice.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.RFC822Name) == ["user03@example.com"]
+
+    # Applying again changes nothing at all.
+    again = Snapshot(ca)
+    result = ca.ok("apply", "team.yaml", "--out-root", "certs")
+    assert "nothing to do (26 unchanged)" in result.stderr
+    again.assert_unchanged()
+
+    # One role changes: exactly that certificate is replaced, the old one superseded.
+    old = leaf(certs / "user05")
+    file.write_text(team(24, changed={"user05": ["dev", "admin"]}))
+    plan = json.loads(ca.ok("apply", "team.yaml", "--dry-run", "--json", "--out-root", "certs").stdout)
+    assert [(a["action"], a["name"], a["why"]) for a in plan["actions"]] == [("replace", "user05", "roles differ")]
+    assert plan["totals"]["unchanged"] == 25
+    ca.ok("apply", "team.yaml", "--out-root", "certs")
+    new = leaf(certs / "user05")
+    assert new.serial_number != old.serial_number
+    assert sorted(a.value for a in new.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)) == ["admin", "dev"]
+    crl = x509.load_pem_x509_crl(b"-----BEGIN X509 CRL" + (ca.home / "crl.pem").read_bytes().split(b"-----BEGIN X509 CRL")[1])
+    entry = crl.get_revoked_certificate_by_serial_number(old.serial_number)
+    assert entry is not None
+    assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason == x509.ReasonFlags.superseded
+
+    # A teammate leaves: reported, then revoked with --prune, and refused by OpenSSL.
+    file.write_text(team(24, changed={"user05": ["dev", "admin"]}, without={"user07"}))
+    reported = ca.ok("apply", "team.yaml", "--out-root", "certs")
+    assert "user07" in reported.stderr and "not in the roster" in reported.stderr
+    assert verify_with_crls(ca, certs / "user07")
+    pruned = json.loads(ca.ok("apply", "team.yaml", "--out-root", "certs", "--prune", "--dry-run", "--json").stdout)
+    assert [(a["action"], a["name"], a["reason"]) for a in pruned["actions"]] == [
+        ("revoke", "user07", "affiliation-changed")]
+    ca.ok("apply", "team.yaml", "--out-root", "certs", "--prune")
+    assert not verify_with_crls(ca, certs / "user07")
+    assert leaf(certs / "user07").serial_number in revoked_serials(ca)
+    assert verify_with_crls(ca, certs / "user06")
+    assert "nothing to do" in ca.ok("apply", "team.yaml", "--out-root", "certs", "--prune").stderr
+    ca.ok("audit", "verify")
+
+
+def test_renewal_keeps_the_old_certificate_and_a_changed_key_type_replaces(ca: Cli) -> None:
+    (ca.cwd / "r.yaml").write_text(roster([{"name": "short", "validity": "10d"}, {"name": "long"}]))
+    ca.ok("apply", "r.yaml")
+    first = leaf(ca.cwd / "short")
+    plan = json.loads(ca.ok("apply", "r.yaml", "--dry-run", "--json").stdout)
+    assert [(a["action"], a["name"], a["renews"]) for a in plan["actions"]] == [
+        ("renew", "short", format(first.serial_number, "x"))]
+    ca.ok("apply", "r.yaml", "--renew-within", "5d")  # outside that window: nothing
+    assert leaf(ca.cwd / "short").serial_number == first.serial_number
+    ca.ok("apply", "r.yaml")
+    renewed = leaf(ca.cwd / "short")
+    assert renewed.serial_number != first.serial_number
+    listing = json.loads(ca.ok("list", "--name", "short", "--json").stdout)
+    assert sorted(c["status"] for c in listing) == ["valid", "valid"]  # renewal overlaps the old one
+
+    (ca.cwd / "r.yaml").write_text(roster([{"name": "short", "validity": "10d"}, {"name": "long", "key_type": "p384"}]))
+    ca.ok("apply", "r.yaml", "--renew-within", "1d")
+    assert isinstance(leaf(ca.cwd / "long").public_key(), ec.EllipticCurvePublicKey)
+    assert leaf(ca.cwd / "long").public_key().curve.name == "secp384r1"  # type: ignore[union-attr]
+
+
+def test_a_roster_entry_with_a_csr_keeps_the_requesters_key(ca: Cli) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "carol")]))
+           .sign(key, hashes.SHA256()))
+    requests = ca.cwd / "roster"
+    requests.mkdir()
+    (requests / "carol.csr").write_bytes(csr.public_bytes(serialization.Encoding.PEM))
+    (requests / "team.yaml").write_text(roster([{"name": "carol", "roles": ["ops"], "csr": "carol.csr"}]))
+    ca.ok("apply", "roster/team.yaml", "--out-root", "out")
+    folder = ca.cwd / "out" / "carol"
+    assert not (folder / "tls.key").exists()
+    assert leaf(folder).public_key() == key.public_key()
+    assert "nothing to do" in ca.ok("apply", "roster/team.yaml", "--out-root", "out").stderr
+
+
+def test_an_interrupted_run_is_completed_by_the_next_one(ca: Cli) -> None:
+    """A certificate recorded but whose files never reached its folder (the run was killed
+    after the commit) is replaced; an old certificate left valid beside its replacement is
+    revoked; nothing else is touched."""
+    (ca.cwd / "t.yaml").write_text(team(4))
+    ca.ok("apply", "t.yaml")
+    lost = leaf(ca.cwd / "user01")
+    (ca.cwd / "user01" / "tls.crt").unlink()
+    plan = json.loads(ca.ok("apply", "t.yaml", "--dry-run", "--json").stdout)
+    assert [(a["action"], a["name"]) for a in plan["actions"]] == [("replace", "user01")]
+    assert "tls.crt is missing" in plan["actions"][0]["why"]
+    ca.ok("apply", "t.yaml")
+    assert lost.serial_number in revoked_serials(ca)
+    assert verify_with_crls(ca, ca.cwd / "user01")
+    # A folder moved away on purpose (the key handed over) is not a reason to reissue.
+    (ca.cwd / "user02").rename(ca.cwd / "handed-over")
+    assert "nothing to do" in ca.ok("apply", "t.yaml").stderr
+
+
+BAD_ROSTERS = [
+    ("clients: [name: alice", ["not valid YAML"]),
+    ("clients:\n  - name: alice\n    role: [admin]\n", ["clients[0] (line 2) alice: unknown key 'role' (did you mean 'roles'?)"]),
+    ("clients:\n  - name: alice\n  - name: bob\n  - name: alice\n",
+     ["clients[2] (line 4) alice: duplicate name 'alice' (also clients[0] (line 2) alice)"]),
+    ("servers:\n  - name: web\n    dns: [bad_name.internal]\n", ["servers[0] (line 2) web: invalid DNS name"]),
+    ("servers:\n  - name: web\n", ["a server needs at least one dns: or ip: name"]),
+    ("clients:\n  - name: alice\n    name: bob\n", ["line 3: duplicate key 'name'"]),
+    ("teams: []\nclients: []\n", ["unknown key 'teams'"]),
+    ("clients:\n  - name: al/ice\n  - name: bob\n    email: [not-an-address]\n  - name: carol\n    validity: 0d\n",
+     ["clients[0] (line 2) al/ice: invalid name", "clients[1] (line 3) bob: invalid email address",
+      "clients[2] (line 5) carol: invalid duration", "has 3 problems"]),
+    ("clients:\n  - name: dave\n    csr: missing.csr\n", ["cannot read CSR"]),
+    ("", ["it is empty"]),
+]
+
+
+@pytest.mark.parametrize(("text", "fragments"), BAD_ROSTERS)
+def test_a_malformed_roster_is_one_error_listing_every_problem(ca: Cli, text: str, fragments: list[str]) -> None:
+    (ca.cwd / "bad.yaml").write_text(text)
+    before = Snapshot(ca)
+    result = ca("apply", "bad.yaml")
+    assert_clean_error(result, fragments[0])
+    for fragment in fragments[1:]:
+        assert fragment in result.stderr, result.stderr
+    before.assert_unchanged()
+
+
+def test_names_outside_the_permitted_names_are_refused_before_anything_is_signed(mcp: Cli) -> None:
+    mcp.ok("init-ca", "--name", "Narrow", "--permit-dns", "corp.internal")
+    (mcp.cwd / "team.yaml").write_text(roster(
+        [{"name": "ok"}],
+        [{"name": "inside", "dns": ["a.corp.internal"]}, {"name": "outside", "dns": ["evil.example.com"]},
+         {"name": "also", "dns": ["b.other.internal"]}],
+    ))
+    counts = table_counts(mcp.db)
+    before = Snapshot(mcp)
+    result = mcp("apply", "team.yaml")
+    assert_clean_error(result, "has 2 problems")
+    assert "servers[1] (line 1) outside" in result.stderr and "servers[2] (line 1) also" in result.stderr
+    assert "evil.example.com" in result.stderr and "b.other.internal" in result.stderr
+    before.assert_unchanged()
+    assert table_counts(mcp.db) == counts
+
+
+# --- properties of roster validation ----------------------------------------------------
+
+NAMES = st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True)
+ROLES = st.lists(st.from_regex(r"[a-z][a-z0-9._:-]{0,15}", fullmatch=True), max_size=4)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(NAMES, ROLES, min_size=1, max_size=12))
+def test_every_valid_roster_parses_to_its_entries(people: dict[str, list[str]]) -> None:
+    text = roster([{"name": n, "roles": r} for n, r in people.items()])
+    parsed = parse_roster(text.encode(), source="r.yaml", base_dir=Path("."))
+    assert [(e.name, list(e.roles), e.owner) for e in parsed.entries] == [
+        (n, list(dict.fromkeys(r)), n) for n, r in people.items()]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(NAMES, ROLES, min_size=1, max_size=12), st.data())
+def test_any_unknown_key_is_reported_at_its_entry(people: dict[str, list[str]], data: st.DataObject) -> None:
+    entries: list[dict[str, object]] = [{"name": n, "roles": r} for n, r in people.items()]
+    position = data.draw(st.integers(0, len(entries) - 1))
+    key = data.draw(st.from_regex(r"[a-z_]{1,12}", fullmatch=True).filter(
+        lambda k: k not in {"name", "uri", "owner", "validity", "key_type", "csr", "email", "roles"}))
+    entries[position][key] = "x"
+    with pytest.raises(InvalidInput) as caught:
+        parse_roster(roster(entries).encode(), source="r.yaml", base_dir=Path("."))
+    message = str(caught.value)
+    assert f"clients[{position}]" in message and f"unknown key {key!r}" in message
+    assert "1 problem:" in message
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(NAMES, min_size=2, max_size=10))
+def test_duplicate_names_are_each_reported(names: list[str]) -> None:
+    text = roster([{"name": n} for n in names])
+    duplicates = len(names) - len(set(names))
+    if not duplicates:
+        assert len(parse_roster(text.encode(), source="r", base_dir=Path(".")).entries) == len(names)
+        return
+    with pytest.raises(InvalidInput) as caught:
+        parse_roster(text.encode(), source="r", base_dir=Path("."))
+    assert str(caught.value).count("duplicate name") == duplicates

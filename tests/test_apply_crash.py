@@ -1,0 +1,92 @@
+"""`apply` killed with SIGKILL at random points, then run again: nothing lost or duplicated.
+
+Each round starts `mcp-pki apply` as its own process on a real SQLite inventory, with a
+roster that differs from the last round's (roles change, a teammate leaves and comes back,
+so replacements and revocations are in flight), and kills it after a random delay. After the
+rounds, one complete run must leave exactly what the roster says, with every file in place,
+the CRL listing every revoked certificate, and the audit log intact.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from tests.conftest import PASSPHRASE, VENV_BIN, Cli
+
+ROUNDS = 6
+PEOPLE = 30
+
+
+def variant(round_number: int) -> str:
+    clients = [
+        {"name": f"p{i:02d}", "roles": ["dev", "ops"] if (i + round_number) % 3 == 0 else ["dev"]}
+        for i in range(PEOPLE) if not (round_number % 2 and i % 7 == 0)
+    ]
+    return json.dumps({"servers": [{"name": "files", "dns": ["files.internal"]}], "clients": clients})
+
+
+def start_apply(ca: Cli, roster: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "MCP_PKI_HOME": str(ca.home), "MCP_PKI_PASSPHRASE": PASSPHRASE}
+    env.pop("MCP_PKI_DB", None)
+    return subprocess.Popen(
+        [str(VENV_BIN / "mcp-pki"), "apply", str(roster), "--prune", "--out-root", str(ca.cwd / "certs")],
+        env=env, cwd=ca.cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+
+
+def test_apply_killed_at_random_points_is_completed_by_the_next_run(ca: Cli) -> None:
+    chance = random.Random(11)
+    roster = ca.cwd / "team.yaml"
+    killed = 0
+    for round_number in range(ROUNDS):
+        roster.write_text(variant(round_number))
+        process = start_apply(ca, roster)
+        time.sleep(chance.uniform(0.3, 2.0))
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            killed += 1
+        _, stderr = process.communicate(timeout=60)
+        assert b"Traceback" not in stderr, stderr.decode()
+    assert killed, "no round was interrupted: lengthen the roster"
+
+    final = ROUNDS  # a roster none of the killed rounds had fully applied
+    roster.write_text(variant(final))
+    process = start_apply(ca, roster)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr.decode()
+
+    expected = json.loads(variant(final))
+    wanted = {(c["name"], tuple(sorted(c["roles"]))) for c in expected["clients"]}
+    listing = json.loads(ca.ok("list", "--status", "valid", "--json").stdout)
+    valid_clients = [c for c in listing if c["kind"] == "client"]
+    # Renewals are not due here, so exactly one valid certificate per roster entry.
+    assert sorted((c["name"], tuple(sorted(c["roles"]))) for c in valid_clients) == sorted(wanted)
+    assert [c["name"] for c in listing if c["kind"] == "server"] == ["files"]
+
+    serials = [c["serial"] for c in json.loads(ca.ok("list", "--json").stdout)]
+    assert len(serials) == len(set(serials))
+    crl_entries = {
+        entry.serial_number
+        for part in (ca.home / "crl.pem").read_bytes().split(b"-----BEGIN X509 CRL")[1:]
+        for entry in x509.load_pem_x509_crl(b"-----BEGIN X509 CRL" + part)
+    }
+    revoked = json.loads(ca.ok("list", "--status", "revoked", "--json").stdout)
+    assert {int(c["serial"], 16) for c in revoked} <= crl_entries
+
+    for certificate in [*valid_clients, *(c for c in listing if c["kind"] == "server")]:
+        folder = ca.cwd / "certs" / certificate["name"]
+        leaf = x509.load_pem_x509_certificates((folder / "tls.crt").read_bytes())[0]
+        assert format(leaf.serial_number, "x") == certificate["serial"]
+        key = serialization.load_pem_private_key((folder / "tls.key").read_bytes(), None)
+        assert key.public_key() == leaf.public_key()
+
+    ca.ok("audit", "verify")
+    again = ca.ok("apply", str(roster), "--prune", "--out-root", str(ca.cwd / "certs"))
+    assert "nothing to do" in again.stderr
