@@ -79,3 +79,51 @@ def test_claude_code_shows_a_revoked_teammates_bridge_entry_failed(setup: McpSet
     added = _run(["sh", str(_script(setup, "claude-code", "bob", remote.port, "--var", "name=files"))], home)
     assert added.returncode == 0, added.stdout + added.stderr
     assert "Failed" in _status(home, "files")
+
+
+def test_claude_code_http_connects_with_the_certificate_it_sets_and_not_without(
+    setup: McpSetup, remote: Server, tmp_path: Path,
+) -> None:
+    home = tmp_path / "user"
+    (home / ".claude").mkdir(parents=True)
+    settings = home / ".claude" / "settings.json"
+    settings.write_text(json.dumps({"theme": "dark", "env": {"EDITOR": "vi"}}))
+    # A teammate's machine: the files in their own folder, no CA home.
+    added = _run(["sh", str(_script(setup, "claude-code-http", "alice", remote.port, "--dir", str(setup.alice)))], home)
+    assert added.returncode == 0, added.stdout + added.stderr
+    written = json.loads(settings.read_text())
+    assert written == {"theme": "dark", "env": {
+        "EDITOR": "vi", "CLAUDE_CODE_CLIENT_CERT": str(setup.alice / "tls.crt"),
+        "CLAUDE_CODE_CLIENT_KEY": str(setup.alice / "tls.key"), "NODE_EXTRA_CA_CERTS": str(setup.alice / "ca.crt"),
+    }}
+    entry = json.loads((home / ".claude.json").read_text())["mcpServers"]["mcp-server"]
+    assert entry == {"type": "http", "url": url(remote.port)}
+
+    listed = _run(["claude", "mcp", "list"], home)
+    assert listed.returncode == 0 and "Connected" in listed.stdout, listed.stdout + listed.stderr
+
+    # The same server, trusted but without a client certificate: the server refuses Claude Code.
+    written["env"] = {"NODE_EXTRA_CA_CERTS": str(setup.alice / "ca.crt")}
+    settings.write_text(json.dumps(written))
+    assert "Failed" in _status(home, "mcp-server")
+
+
+def test_claude_code_http_with_a_revoked_certificate_fails_to_connect(
+    setup: McpSetup, remote: Server, tmp_path: Path,
+) -> None:
+    home = tmp_path / "user"
+    home.mkdir()
+    added = _run(["sh", str(_script(setup, "claude-code-http", "bob", remote.port))], home)
+    assert added.returncode == 0, added.stdout + added.stderr
+    assert "Failed" in _status(home, "mcp-server")
+
+
+def test_claude_code_http_leaves_a_settings_file_it_cannot_read_alone(setup: McpSetup, tmp_path: Path) -> None:
+    home = tmp_path / "user"
+    (home / ".claude").mkdir(parents=True)
+    settings = home / ".claude" / "settings.json"
+    settings.write_text("{ not json")
+    result = _run(["sh", str(_script(setup, "claude-code-http", "alice", 8443))], home)
+    assert result.returncode == 1 and result.stderr.startswith("Error: ") and "not JSON" in result.stderr
+    assert settings.read_text() == "{ not json"
+    assert not (home / ".claude.json").exists() or "mcpServers" not in (home / ".claude.json").read_text()

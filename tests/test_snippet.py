@@ -27,14 +27,14 @@ from tests.test_tls_revocation import (
 TARGET_NAMES = [
     "server-env", "uvicorn-env", "python-server", "python-client", "node-client", "curl",
     "nginx", "envoy", "caddy", "k8s", "crl-refresh",
-    "claude-desktop", "claude-code", "vscode", "cursor", "windsurf", "zed", "continue",
+    "claude-desktop", "claude-code", "claude-code-http", "vscode", "cursor", "windsurf", "zed", "continue",
 ]
 URL = "https://srv.example.com:8443/mcp"
 # What each target needs to render: the required variables, nothing else.
 REQUIRED = {"server-env": ["--var", "command=python3"]} | {
     target: ["--var", f"url={URL}"] for target in TARGET_NAMES if target in (
-        "python-client", "node-client", "curl", "claude-desktop", "claude-code", "vscode", "cursor", "windsurf",
-        "zed", "continue")
+        "python-client", "node-client", "curl", "claude-desktop", "claude-code", "claude-code-http", "vscode",
+        "cursor", "windsurf", "zed", "continue")
 }
 
 
@@ -55,7 +55,7 @@ def _syntax_check(target: str, text: str, tmp_path: Path) -> None:
         assert yaml.safe_load(text)
     elif target in ("python-server", "python-client"):
         compile(text, target, "exec")
-    elif target in ("uvicorn-env", "curl", "crl-refresh", "claude-code"):
+    elif target in ("uvicorn-env", "curl", "crl-refresh", "claude-code", "claude-code-http"):
         script = tmp_path / f"{target}.sh"
         script.write_text(text)
         subprocess.run(["sh", "-n", str(script)], check=True, timeout=30)
@@ -225,7 +225,7 @@ def test_all_writes_every_target_of_the_kind_and_a_readme(ca: Cli) -> None:
     client_files = sorted(p.name for p in (ca.cwd / "alice-config").iterdir())
     assert client_files == sorted([
         "README.md", "python-client.py", "node-client.mjs", "curl.sh", "kustomization.yaml",
-        "claude_desktop_config.json", "claude-code.sh", "vscode-mcp.json", "cursor-mcp.json",
+        "claude_desktop_config.json", "claude-code.sh", "claude-code-http.sh", "vscode-mcp.json", "cursor-mcp.json",
         "windsurf-mcp_config.json", "zed-settings.json", "continue-mcp.yaml",
     ])
     snapshot = Snapshot(ca)

@@ -79,9 +79,10 @@ def snippet(
 def _print_targets() -> None:
     from mcp_pki.render import TARGETS
 
+    width = max(len(t.name) for t in TARGETS)
     for t in TARGETS:
         needs = ", ".join(f"--var {v.name}" for v in t.variables if v.required)
-        click.echo(f"{t.name:<14} {'/'.join(t.kinds):<14} {t.description}" + (f" [needs {needs}]" if needs else ""))
+        click.echo(f"{t.name:<{width}} {'/'.join(t.kinds):<14} {t.description}" + (f" [needs {needs}]" if needs else ""))
 
 
 def _parse_variables(items: tuple[str, ...]) -> dict[str, str]:

@@ -146,8 +146,9 @@ TARGETS: tuple[Target, ...] = (
 )
 
 
-# MCP hosts: none can present a client certificate itself, so each entry launches
-# `mcp-pki bridge` (a local stdio MCP server relaying over mTLS) by absolute path.
+# MCP hosts: most cannot present a client certificate themselves, so each entry launches
+# `mcp-pki bridge` (a local stdio MCP server relaying over mTLS) by absolute path. Claude Code
+# can, with one certificate for the whole process: claude-code-http uses that.
 _HOST_VARIABLES = (
     _URL,
     Variable("name", "the server's name in the host (default: the URL's first host label)", ""),
@@ -173,6 +174,15 @@ HOST_TARGETS = (
         "run it (claude mcp add --scope user), or copy the .mcp.json entry in its comments into a "
         "project's .mcp.json; the same on macOS, Linux and Windows",
         "sh",
+    ),
+    Target(
+        "claude-code-http", "claude-code-http.sh.j2", CLIENT,
+        "Claude Code connecting over mTLS itself (no bridge): claude mcp add --transport http, with "
+        "ONE client certificate for the whole Claude Code process (CLAUDE_CODE_CLIENT_CERT)",
+        "run it: it sets CLAUDE_CODE_CLIENT_CERT, CLAUDE_CODE_CLIENT_KEY and NODE_EXTRA_CA_CERTS in "
+        "~/.claude/settings.json and runs claude mcp add --scope user --transport http",
+        "sh",
+        _HOST_VARIABLES[:2],  # no bridge, so no command to launch
     ),
     _host(
         "vscode", "vscode-mcp.json.j2", "VS Code",
