@@ -179,7 +179,7 @@ def test_bad_targets_variables_and_kinds_are_clean_errors(ca: Cli) -> None:
 def test_user_template_overrides_the_packaged_one(ca: Cli) -> None:
     issue_server(ca)
     (ca.home / "templates").mkdir()
-    (ca.home / "templates" / "uvicorn-env.sh.j2").write_text("CERT={{ cert.cert_file }} {{ cert.name }}\n")
+    (ca.home / "templates" / "uvicorn-env.sh.j2").write_text("CERT={{ cert.cert_file | shell }} {{ cert.name | shell }}\n")
     assert ca.ok("snippet", "uvicorn-env", "srv", "--dir", "/srv/x").stdout == "CERT=/srv/x/tls.crt srv\n"
 
 
@@ -189,7 +189,7 @@ def test_a_broken_override_is_a_clean_error_naming_the_template(ca: Cli) -> None
     overrides = ca.home / "templates"
     (overrides / "nginx.conf.j2").write_text("listen {{ var.nonesuch }};\n")
     assert_clean_error(ca("snippet", "nginx", "srv"), "template nginx.conf.j2 failed")
-    (overrides / "server-env.json.j2").write_text("{not json {{ cert.name }}\n")
+    (overrides / "server-env.json.j2").write_text("{not json {{ cert.name | json }}\n")
     assert_clean_error(ca("snippet", "server-env", "srv", "--var", "command=x"),
                        "template server-env.json.j2 rendered invalid json")
     (overrides / "python-server.py.j2").write_text("def broken(:\n")

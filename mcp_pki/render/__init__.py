@@ -3,19 +3,29 @@
 Templates are data: they receive a small frozen view of one certificate (names, paths,
 public PEMs) and the target's variables, never a private key. A file of the same name in
 ``<home>/templates`` overrides the packaged one.
+
+Three layers keep a value in its place: every value is validated first (the view refuses a
+control character in any field, and each ``--var`` is checked for its kind); every
+``{{ ... }}`` must go through the filter of its file's language, or rendering fails; and
+templates, the user's overrides included, run in Jinja's sandbox, where they can reach
+neither Python's internals nor the environment.
 """
 
-import ipaddress
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, fields
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import jinja2
+import jinja2.sandbox
 
 from mcp_pki.errors import InvalidInput
-from mcp_pki.render.filters import FILTERS
+from mcp_pki.render import values as checks
+from mcp_pki.render.filters import FILTERS, finalize
 from mcp_pki.render.targets import TARGETS, Target, Variable, find_target
+
+# PEM as we store it: armour lines and base64, nothing a template could be tricked by.
+_PEM = re.compile(r"(?:-----(?:BEGIN|END) [A-Z0-9 ]+-----\n|[A-Za-z0-9+/=]{1,76}\n)+")
 
 __all__ = ["TARGETS", "CertificateView", "Target", "Variable", "find_target", "render", "target_variables"]
 
@@ -47,6 +57,18 @@ class CertificateView:
     tool: str  # the mcp-pki executable, by absolute path when it can be found
     ca_key_encrypted: bool
 
+    def __post_init__(self) -> None:
+        """A row of the inventory is text someone wrote: refuse what no template may print."""
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name in ("cert_pem", "ca_pem"):
+                if not _PEM.fullmatch(value):
+                    raise InvalidInput(f"certificate {self.serial!r}: {item.name} is not PEM text")
+                continue
+            for text in value if isinstance(value, tuple) else (value,):
+                if isinstance(text, str):
+                    checks.refuse_control_characters(text, f"certificate {self.serial!r}: {item.name}")
+
     @property
     def hosts(self) -> tuple[str, ...]:
         """The names a client may put in a Host header: DNS names and IPs (IPv6 in brackets)."""
@@ -62,35 +84,36 @@ def target_variables(target: Target, given: dict[str, str]) -> dict[str, str]:
     missing = [v for v in target.variables if v.required and not given.get(v.name)]
     if missing:
         raise InvalidInput(f"{target.name} needs {_describe_missing(missing)}")
-    values = {v.name: given.get(v.name, v.default or "") for v in target.variables}
-    for variable in target.variables:
-        check_value(variable, values[variable.name])
-    return values
+    return {v.name: check_value(v, given.get(v.name, v.default or "")) for v in target.variables}
 
 
-def check_value(variable: Variable, value: str) -> None:
-    """Refuse a value that would render a config which fails later, somewhere else."""
-    problem = None
+def check_value(variable: Variable, value: str) -> str:
+    """The value in its canonical form, or an error: a value that would render a config which
+    fails later, somewhere else, or that would leave its place in the file."""
+    what = f"--var {variable.name}"
+    checks.refuse_control_characters(value, what)
+    if len(value) > checks.MAX_VALUE_LENGTH:
+        raise InvalidInput(f"{what}: at most {checks.MAX_VALUE_LENGTH} characters")
+    if not value and variable.kind != "port":
+        return value  # an optional value left empty: the template's default applies
     if variable.kind == "port":
-        problem = None if value.isdigit() and 1 <= int(value) <= 65535 else "a port number from 1 to 65535"
-    elif variable.kind == "address" and value:
-        try:
-            ipaddress.ip_address(value)
-        except ValueError:
-            problem = "an IP address such as 127.0.0.1 or 0.0.0.0"
-    elif variable.kind == "https-url":
-        parts = urlsplit(value)
-        problem = None if parts.scheme == "https" and parts.hostname else "an https:// URL (mutual TLS needs https)"
-    elif variable.kind == "upstream":
-        parts = urlsplit(value)
-        try:
-            _ = parts.port  # a port that is not a number raises here
-            plain = parts.scheme == "http" and bool(parts.hostname) and parts.path in ("", "/") and not parts.query
-        except ValueError:
-            plain = False
-        problem = None if plain else "http://HOST:PORT with no path (the plain-HTTP MCP server)"
-    if problem:
-        raise InvalidInput(f"--var {variable.name}={value!r}: must be {problem}")
+        return checks.check_port(value, what)
+    if variable.kind == "address":
+        return checks.check_address(value, what)
+    if variable.kind == "https-url":
+        return checks.check_url(value, what, scheme="https", path=True)
+    if variable.kind == "upstream":
+        return checks.check_url(value, what, scheme="http", path=False)
+    if variable.kind == "path":
+        return checks.check_absolute_path(value, what)
+    if variable.kind == "k8s-label":
+        return checks.check_k8s_label(value, what)
+    if variable.kind == "k8s-name":
+        return checks.check_k8s_name(value, what)
+    if variable.kind == "server-name":
+        return checks.check_server_name(value, what)
+    assert variable.kind == "text", variable.kind
+    return value
 
 
 def _describe_missing(missing: list[Variable]) -> str:
@@ -130,14 +153,17 @@ def _render_template(environment: jinja2.Environment, template: str, **context: 
 
 
 def _environment(overrides: Path | None) -> jinja2.Environment:
+    """One sandboxed environment for packaged templates and overrides alike: an override is
+    a file anyone with write access to the home can drop, and ``snippet`` is a read-only
+    command that must not hand it the passphrase in the environment or a shell."""
     search = [str(overrides)] if overrides is not None and overrides.is_dir() else []
-    environment = jinja2.Environment(
+    environment = jinja2.sandbox.ImmutableSandboxedEnvironment(
         loader=jinja2.FileSystemLoader([*search, str(packaged_templates())]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
-        autoescape=False,
+        autoescape=False,  # HTML escaping is for HTML: each value gets its format's filter
+        finalize=finalize,
     )
-    environment.policies["json.dumps_kwargs"] = {"sort_keys": False}  # keys in the order written
     environment.filters.update(FILTERS)
     return environment
 

@@ -18,7 +18,8 @@ class Variable:
     meaning: str
     default: str | None = None  # None: the user must give it with --var
     # What a value must be, checked before rendering (see render.check_value): text, port,
-    # address (an IP, or empty where the default is empty), https-url, upstream (http://HOST:PORT).
+    # address (an IP, or empty where the default is empty), https-url, upstream (http://HOST:PORT),
+    # path (absolute), k8s-label, k8s-name, server-name. No kind admits a control character.
     kind: str = "text"
 
     @property
@@ -126,8 +127,8 @@ TARGETS: tuple[Target, ...] = (
         "save as kustomization.yaml beside tls.crt, tls.key and ca.crt, then kubectl apply -k that folder",
         "yaml",
         (
-            Variable("namespace", "the Kubernetes namespace", "default"),
-            Variable("secret", "the Secret's name (default: mcp-tls-NAME)", ""),
+            Variable("namespace", "the Kubernetes namespace", "default", kind="k8s-label"),
+            Variable("secret", "the Secret's name (default: mcp-tls-NAME)", "", kind="k8s-name"),
         ),
     ),
     Target(
@@ -139,7 +140,7 @@ TARGETS: tuple[Target, ...] = (
             Variable("reload", "the command that makes the server re-read the CRL", "systemctl reload nginx"),
             Variable(
                 "passphrase_file", "root-only file with the CA passphrase",
-                "/etc/credstore/mcp-pki-ca-passphrase",
+                "/etc/credstore/mcp-pki-ca-passphrase", kind="path",
             ),
         ),
     ),
@@ -151,8 +152,10 @@ TARGETS: tuple[Target, ...] = (
 # can, with one certificate for the whole process: claude-code-http uses that.
 _HOST_VARIABLES = (
     _URL,
-    Variable("name", "the server's name in the host (default: the URL's first host label)", ""),
-    Variable("command", "mcp-pki's absolute path on the machine running the host (default: this one's)", ""),
+    Variable("name", "the server's name in the host (default: the URL's first host label)", "", kind="server-name"),
+    Variable(
+        "command", "mcp-pki's absolute path on the machine running the host (default: this one's)", "", kind="path",
+    ),
 )
 
 
