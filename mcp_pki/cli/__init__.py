@@ -29,6 +29,7 @@ from mcp_pki.cli import (
 )
 from mcp_pki.cli.common import Settings
 from mcp_pki.cli.gateway import gateway as gateway_command
+from mcp_pki.cli.terminal import shown
 from mcp_pki.errors import PkiError
 
 EXIT_CODES_HELP = """\b
@@ -40,7 +41,7 @@ class _Failure(click.ClickException):
     """A project error on its way out: click prints it as ``Error: ...``."""
 
     def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
+        super().__init__(shown(message))  # it may quote a CSR, a file or a row
         self.exit_code = exit_code  # type: ignore[misc]  # click declares a class default
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from mcp_pki.cli.terminal import shown
 from mcp_pki.errors import InvalidInput, PassphraseError
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ def emit_json(document: Any) -> None:
 
 
 def warn(message: str) -> None:
-    click.echo(f"Warning: {message}", err=True)
+    click.echo(f"Warning: {shown(message)}", err=True)  # it may quote a CSR or a row
 
 
 def settings_of(ctx: click.Context) -> Settings:

@@ -12,6 +12,7 @@ from mcp_pki.cli.common import (
     read_file,
     settings_of,
 )
+from mcp_pki.cli.terminal import shown, shown_all
 from mcp_pki.timestamps import iso_utc
 
 
@@ -54,10 +55,10 @@ def status(ctx: click.Context, warn_within: str, as_json: bool) -> None:
     else:
         for a in report.authorities:
             crl = f"CRL #{a.crl_number} until {a.crl_next_update:%Y-%m-%d %H:%M}" if a.crl_next_update else "no CRL"
-            click.echo(f"{a.role:8} {a.subject}: until {a.not_after:%Y-%m-%d}, {crl}")
+            click.echo(f"{a.role:8} {shown(a.subject)}: until {a.not_after:%Y-%m-%d}, {crl}")
         click.echo("certificates: " + ", ".join(f"{n} {s}" for s, n in report.counts.items()))
         for finding in report.findings:
-            click.echo(f"{finding.level.name}: {finding.message}")
+            click.echo(f"{finding.level.name}: {shown(finding.message)}")
         click.echo(f"status: {report.level.name.lower()}")
     ctx.exit(int(report.level))
 
@@ -88,5 +89,6 @@ def verify(settings: Settings, file: str, as_json: bool) -> None:
         emit_json({"ok": True, "serial": leaf.serial, "subject": leaf.subject, "not_after": iso_utc(leaf.not_after),
                    "chain": verdict.chain, "crl_numbers": verdict.crl_numbers})
         return
-    click.echo(f"OK: {leaf.subject} ({leaf.serial}) valid until {leaf.not_after:%Y-%m-%d %H:%M} UTC, "
-               f"not revoked; chain: {' <- '.join(verdict.chain)}")
+    # The file is anyone's: its subject is shown, never obeyed, by the terminal.
+    click.echo(f"OK: {shown(leaf.subject)} ({leaf.serial}) valid until {leaf.not_after:%Y-%m-%d %H:%M} UTC, "
+               f"not revoked; chain: {shown_all(verdict.chain, ' <- ')}")

@@ -25,19 +25,30 @@ from mcp_pki.cli.common import (
 @click.option("--status", type=click.Choice(["valid", "revoked", "expired"]), help="Only this status.")
 @click.option("--expiring-within", metavar="DUR", help="Only valid certificates expiring within DUR, e.g. 30d.")
 @click.option("--name", help="Only certificates of this NAME.")
+@click.option("--current", is_flag=True, help="Leave out certificates that a valid renewal supersedes.")
+@click.option("--wide", is_flag=True, help="Full serials (the table shows their first 12 hex digits).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @pass_settings
 def list_command(
     settings: Settings, kind: str | None, status: str | None, expiring_within: str | None,
-    name: str | None, as_json: bool,
+    name: str | None, current: bool, wide: bool, as_json: bool,
 ) -> None:
-    """List certificates in the inventory (all of them unless filtered)."""
+    """List certificates in the inventory (all of them unless filtered).
+
+    \b
+    STATUS is valid, revoked, expired, or superseded: still valid, but renewed (--json keeps
+    status "valid" and names the renewal in superseded_by).
+    \b
+    Examples:
+      mcp-pki list --status valid --current     # what should be deployed now
+      mcp-pki list --expiring-within 30d
+    """
     from mcp_pki.services.authority import open_existing
     from mcp_pki.services.inventory import ListFilter, Status, iter_certificates
 
     wanted = ListFilter(
         kind=kind, status=Status(status) if status else None,
-        expiring_within=parse_duration_option(expiring_within), name=name,
+        expiring_within=parse_duration_option(expiring_within), name=name, current=current,
     )
     engine = open_existing(settings.home())
     try:
@@ -51,15 +62,22 @@ def list_command(
             click.echo("no certificates", err=True)
             return
         write = sys.stdout.write
-        write(f"{'SERIAL':40}  {'KIND':6}  {'NAME':20}  {'STATUS':7}  {'NOT AFTER':16}  NAMES / ROLES\n")
+        width = 40 if wide else 12
+        colour = sys.stdout.isatty()  # never escape codes in a pipe or a file
+        write(f"{'SERIAL':{width}}  {'KIND':6}  {'NAME':20}  {'STATUS':10}  {'NOT AFTER':16}  NAMES / ROLES\n")
         for row in itertools.chain((first,), rows):
             extras = ", ".join([*row.sans, *(f"role:{r}" for r in row.roles)])
+            shown = "superseded" if row.superseded else row.status.value
+            status_text = click.style(f"{shown:10}", fg=_STATUS_COLOURS[shown]) if colour else f"{shown:10}"
             write(
-                f"{row.serial:40}  {row.kind:6}  {row.name:20}  {row.status.value:7}  "
+                f"{row.serial[:width]:{width}}  {row.kind:6}  {row.name:20}  {status_text}  "
                 f"{row.not_after:%Y-%m-%d %H:%M}  {extras}\n"
             )
     finally:
         engine.dispose()
+
+
+_STATUS_COLOURS = {"valid": "green", "superseded": "cyan", "expired": "yellow", "revoked": "red"}
 
 
 def _stream_json(documents: Iterator[dict[str, object]]) -> None:

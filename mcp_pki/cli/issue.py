@@ -17,6 +17,7 @@ from mcp_pki.cli.common import (
     read_secret,
     warn,
 )
+from mcp_pki.cli.terminal import shown, shown_all
 from mcp_pki.timestamps import iso_utc
 
 
@@ -137,9 +138,9 @@ def _issue(
         })
         return
     click.echo(f"issued {issued.kind.value} certificate {leaf.serial}")
-    click.echo(f"  subject  {leaf.subject}")
+    click.echo(f"  subject  {shown(leaf.subject)}")
     if leaf.sans:
-        click.echo(f"  names    {', '.join(leaf.sans)}")
+        click.echo(f"  names    {shown_all(leaf.sans)}")
     click.echo(f"  valid    until {leaf.not_after:%Y-%m-%d %H:%M} UTC")
     for path in issued.files:
         click.echo(f"  wrote    {path}")

@@ -22,14 +22,16 @@ from mcp_pki.timestamps import iso_utc
 @click.command()
 @click.argument("ref", required=False)
 @click.option("--expiring-within", metavar="DUR", help="Renew every valid certificate expiring within DUR (instead of REF).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output folder for REF [default: ./NAME].")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Output folder for REF [default: the folder its files were written to, else ./NAME].")
 @click.option("--out-root", type=click.Path(file_okay=False), help="With --expiring-within: write each into OUT_ROOT/NAME [default: .].")
 @click.option("--validity", metavar="DUR", help="Lifetime [default: that of the certificate renewed].")
 @click.option("--key-type", type=click.Choice(KEY_TYPES), help="Key to generate [default: the old key's type].")
 @click.option("--csr", "csr_file", type=click.Path(dir_okay=False), help="Use this CSR's key instead of a new one.")
 @click.option("--revoke-old", is_flag=True, help="Revoke the renewed certificate as superseded (and republish the CRLs).")
 @click.option("--allow-expired", is_flag=True, help="Renew a certificate that has already expired.")
-@click.option("--force", is_flag=True, help="Replace existing output files.")
+@click.option("--force", is_flag=True,
+              help="Replace existing output files; renew REF even though a valid renewal of it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_settings
 def renew(
@@ -75,12 +77,12 @@ def _renew_one(
     csr = load_csr(read_file(csr_file, "CSR")) if csr_file else None
     options = RenewOptions(
         validity=None if validity is None else parse_lifetime(validity, what="--validity"), key_type=parse_key_type(key_type) if key_type else None,
-        csr=csr, revoke_old=revoke_old, allow_expired=allow_expired,
+        csr=csr, revoke_old=revoke_old, allow_expired=allow_expired, again=force,
     )
     renewal = renew_certificate(
         settings.home(), ref, options,
         lambda name: OutputRequest(Path(out_dir) if out_dir else Path.cwd() / name, force=force),
-        passphrase=settings.ca_passphrase, now=now(),
+        passphrase=settings.ca_passphrase, now=now(), in_place=out_dir is None,
     )
     for message in renewal.issued.warnings:
         warn(message)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import click
 
 from mcp_pki.cli.common import Settings, emit_json, now, pass_settings
+from mcp_pki.cli.terminal import shown
 from mcp_pki.timestamps import iso_utc
 
 if TYPE_CHECKING:
@@ -110,9 +111,9 @@ def _report(result: "RevocationResult", as_json: bool) -> None:
         return
     for r in result.revoked:
         reason = r.reason.value if r.reason else "unspecified"
-        click.echo(f"revoked {r.kind} {r.name} {r.serial} ({reason})")
+        click.echo(f"revoked {r.kind} {shown(r.name)} {shown(r.serial)} ({reason})")
     for c in result.crls:
-        click.echo(f"CRL #{c.number} of {c.subject}: {c.entries} entries, next update {c.next_update:%Y-%m-%d %H:%M} UTC")
+        click.echo(f"CRL #{c.number} of {shown(c.subject)}: {c.entries} entries, next update {c.next_update:%Y-%m-%d %H:%M} UTC")
     for path in result.files:
         click.echo(f"wrote {path}")
 

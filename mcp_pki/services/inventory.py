@@ -7,8 +7,8 @@ from datetime import datetime, timedelta
 from enum import Enum
 
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import Engine, Select, func, select
-from sqlalchemy.orm import Session, contains_eager
+from sqlalchemy import Engine, ScalarSelect, Select, func, select
+from sqlalchemy.orm import Session, aliased, contains_eager
 
 from mcp_pki.errors import Ambiguous, InvalidInput, NotFound
 from mcp_pki.pki.bundles import load_private_key, pkcs12_bytes
@@ -168,6 +168,7 @@ class ListFilter:
     status: Status | None = None
     expiring_within: timedelta | None = None
     name: str | None = None
+    current: bool = False  # leave out certificates that a valid renewal supersedes
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,12 +181,18 @@ class ListedCertificate:
     not_after: datetime
     sans: tuple[str, ...]
     roles: tuple[str, ...]
+    superseded_by: str | None = None  # a valid renewal of this certificate, when there is one
+
+    @property
+    def superseded(self) -> bool:
+        """Still valid, but renewed: what is deployed should be its renewal by now."""
+        return self.status is Status.VALID and self.superseded_by is not None
 
     def as_json(self) -> dict[str, object]:
         return {
             "serial": self.serial, "name": self.name, "kind": self.kind, "owner": self.owner,
             "status": self.status.value, "not_after": _iso(self.not_after),
-            "sans": list(self.sans), "roles": list(self.roles),
+            "sans": list(self.sans), "roles": list(self.roles), "superseded_by": self.superseded_by,
         }
 
 
@@ -196,9 +203,11 @@ def list_certificates(engine: Engine, wanted: ListFilter, *, now: datetime) -> l
 def iter_certificates(engine: Engine, wanted: ListFilter, *, now: datetime) -> Iterator[ListedCertificate]:
     """The certificates `list` shows, streamed: only the columns shown are read (never the
     PEM), a thousand rows at a time, so 100,000 certificates list in constant memory."""
+    renewal = _valid_renewal(now)
     query = (
         select(Certificate.serial, Certificate.name, Certificate.kind, Certificate.owner, Certificate.not_after,
-               Certificate.sans, Certificate.roles, Revocation.certificate_id.label("revoked"))
+               Certificate.sans, Certificate.roles, Revocation.certificate_id.label("revoked"),
+               renewal.label("superseded_by"))
         .outerjoin(Revocation, Revocation.certificate_id == Certificate.id)
         .order_by(Certificate.name, Certificate.not_before, Certificate.id)
     )
@@ -218,6 +227,8 @@ def iter_certificates(engine: Engine, wanted: ListFilter, *, now: datetime) -> I
             Certificate.not_after > now,
             Certificate.not_after <= now + wanted.expiring_within,
         )
+    if wanted.current:
+        query = query.where(renewal.is_(None))
     with read_session(engine) as session, session.begin():
         for row in session.execute(query.execution_options(yield_per=1000)):
             status = Status.REVOKED if row.revoked is not None else (
@@ -225,7 +236,23 @@ def iter_certificates(engine: Engine, wanted: ListFilter, *, now: datetime) -> I
             yield ListedCertificate(
                 serial=row.serial, name=row.name, kind=row.kind, owner=row.owner, status=status,
                 not_after=row.not_after, sans=tuple(row.sans), roles=tuple(row.roles),
+                superseded_by=row.superseded_by,
             )
+
+
+def _valid_renewal(now: datetime) -> ScalarSelect[str]:
+    """The serial of the newest valid certificate renewing the listed one, if any (the
+    renews_id index answers it per row)."""
+    renewal, renewal_revocation = aliased(Certificate), aliased(Revocation)
+    return (
+        select(renewal.serial)
+        .outerjoin(renewal_revocation, renewal_revocation.certificate_id == renewal.id)
+        .where(renewal.renews_id == Certificate.id, renewal_revocation.certificate_id.is_(None),
+               renewal.not_after > now)
+        .order_by(renewal.not_before.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
 
 
 def count_by_status(engine: Engine, *, now: datetime) -> dict[str, int]:

@@ -1,7 +1,7 @@
 """Renewing certificates: one by REF, or every certificate about to expire."""
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -29,6 +29,7 @@ class RenewOptions:
     csr: VerifiedRequest | None = None
     revoke_old: bool = False
     allow_expired: bool = False
+    again: bool = False  # renew even though a valid renewal of it exists (--force)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,22 +40,57 @@ class Renewal:
 
 def renew_certificate(
     home: Home, ref: str, options: RenewOptions, output: Callable[[str], OutputRequest], *,
-    passphrase: PassphraseSource, now: datetime,
+    passphrase: PassphraseSource, now: datetime, in_place: bool = False,
 ) -> Renewal:
     """A new certificate with the old one's name, subject, names, roles and profile.
 
-    `output` maps the certificate's NAME to where its files go. Extensions are built afresh
-    from the profile, never copied from the old certificate.
+    `output` maps the certificate's NAME to where its files go; `in_place` writes them to the
+    folder recorded for the old certificate instead, where its servers and hosts read them,
+    replacing its own files there (and nothing else without `force`). Extensions are built
+    afresh from the profile, never copied from the old certificate.
+
+    A certificate that a valid renewal already supersedes is renewed again only with
+    `options.again`: two valid renewals of one certificate are nearly always a mistake, such
+    as renewing by an old serial from a script.
     """
     engine = open_inventory(home.db_url)
     try:
         with read_session(engine) as session, session.begin():
             old = resolve_ref(session, ref, now=now)
             request = _renewal_request(old, options, now=now)
+            if not options.again:
+                _refuse_renewed(session, old, now)
             run_began = audit_mark(session)
-        return _renew(home, engine, old, request, output(old.name), options, passphrase, now, run_began=run_began)
+        target = output(old.name)
+        if in_place and old.files_dir:
+            folder = Path(old.files_dir)
+            target = replace(target, folder=folder, force=target.force or _holds(folder, old))
+        return _renew(home, engine, old, request, target, options, passphrase, now, run_began=run_began)
     finally:
         engine.dispose()
+
+
+def _refuse_renewed(session: Session, old: Certificate, now: datetime) -> None:
+    renewal = session.scalar(
+        select(Certificate).outerjoin(Certificate.revocation)
+        .where(Certificate.renews_id == old.id, Revocation.certificate_id.is_(None), Certificate.not_after > now)
+        .order_by(Certificate.not_before.desc()).limit(1)
+    )
+    if renewal is not None:
+        raise Conflict(
+            f"{old.serial} ({old.name}) is already renewed as {renewal.serial}, valid until "
+            f"{renewal.not_after:%Y-%m-%d}: renew that one (mcp-pki renew {renewal.serial}), or pass --force "
+            "to renew this one again"
+        )
+
+
+def _holds(folder: Path, old: Certificate) -> bool:
+    """Whether `folder` holds the old certificate's own files (so renewing replaces them)."""
+    try:
+        first = (folder / "tls.crt").read_text("ascii").split("-----END CERTIFICATE-----")[0]
+    except (OSError, UnicodeDecodeError):
+        return False
+    return first.strip() == old.certificate_pem.split("-----END CERTIFICATE-----")[0].strip()
 
 
 def _renew(
