@@ -18,6 +18,7 @@ from mcp_pki.cli.common import (
     read_file,
     read_secret,
 )
+from mcp_pki.cli.terminal import shown_fields
 
 
 @click.command("list")
@@ -66,6 +67,7 @@ def list_command(
         colour = sys.stdout.isatty()  # never escape codes in a pipe or a file
         write(f"{'SERIAL':{width}}  {'KIND':6}  {'NAME':20}  {'STATUS':10}  {'NOT AFTER':16}  NAMES / ROLES\n")
         for row in itertools.chain((first,), rows):
+            row = shown_fields(row)  # names come from CSRs and from a database others can write
             extras = ", ".join([*row.sans, *(f"role:{r}" for r in row.roles)])
             shown = "superseded" if row.superseded else row.status.value
             status_text = click.style(f"{shown:10}", fg=_STATUS_COLOURS[shown]) if colour else f"{shown:10}"
@@ -113,6 +115,7 @@ def show(settings: Settings, ref: str, as_json: bool, as_pem: bool) -> None:
     if as_pem:
         click.echo(details.pem, nl=False)
         return
+    details = shown_fields(details)  # names come from CSRs and from a database others can write
     status = details.status.value
     if details.revoked_at:
         status += f" on {details.revoked_at:%Y-%m-%d %H:%M} UTC ({details.revocation_reason})"
