@@ -881,3 +881,19 @@ def test_every_packaged_template_escapes_every_value() -> None:
             last = expression.rsplit("|", 1)
             assert len(last) == 2 and re.match(r"\s*(\w+)", last[1]) and re.match(r"\s*(\w+)", last[1])[1] in allowed, (
                 path.name, expression)
+
+
+def test_the_bundle_readme_keeps_its_tables_with_a_hostile_folder(ca: Cli) -> None:
+    import itertools
+
+    issue_server(ca)
+    folder = "/srv/a|b`c <img src=x> [y](z) \\"
+    ca.ok("snippet", "--all", "srv", "--var", "command=python3", "--dir", folder, "--out", "bundle")
+    readme = (ca.cwd / "bundle" / "README.md").read_text()
+    tables = [list(rows) for is_table, rows in itertools.groupby(readme.splitlines(), lambda line: line.startswith("|"))
+              if is_table]
+    assert len(tables) == 2
+    for rows in tables:
+        # A | inside a value is escaped: each row has as many cells as the header.
+        assert len({len(re.split(r"(?<!\\)\|", row)) for row in rows}) == 1, rows
+    assert "``/srv/a\\|b`c <img src=x> [y](z) \\``" in readme  # one code span, with a longer fence
