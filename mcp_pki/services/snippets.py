@@ -8,6 +8,7 @@ from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
 
 from mcp_pki.errors import InvalidInput
 from mcp_pki.render import TARGETS, CertificateView, Target, find_target, render, render_page
+from mcp_pki.render.values import refuse_control_characters
 from mcp_pki.services.home import Home
 from mcp_pki.services.inventory import issuer_chain, resolve_ref
 from mcp_pki.store.db import open_inventory, read_session
@@ -47,6 +48,8 @@ def certificate_view(home: Home, ref: str, *, folder: str | None, now: datetime)
 def _view(
     home: Home, certificate: Certificate, folder: str | None, *, cert_pem: str, ca_pem: str, ca_key_encrypted: bool
 ) -> CertificateView:
+    if folder is not None:
+        refuse_control_characters(folder, "--dir")  # before anything else reads it
     if folder is not None and not (PurePosixPath(folder).is_absolute() or PureWindowsPath(folder).is_absolute()):
         # Servers resolve a relative path against their own folder (nginx: its prefix;
         # systemd: /), not against where this command ran.
