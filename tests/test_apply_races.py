@@ -11,6 +11,9 @@ import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
+from mcp_pki.services import apply as apply_module
 from mcp_pki.services.apply import apply_plan, plan_roster
 from mcp_pki.services.home import resolve_home
 from mcp_pki.services.renewal import renew_expiring
@@ -31,7 +34,9 @@ def valid_of(ca: Cli, name: str) -> list[dict[str, object]]:
     return json.loads(ca.ok("list", "--name", name, "--status", "valid", "--json").stdout)  # type: ignore[no-any-return]
 
 
-def test_a_renewal_run_does_not_renew_a_teammate_offboarded_meanwhile(ca: Cli) -> None:
+def test_a_renewal_run_does_not_renew_a_teammate_offboarded_meanwhile(ca: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One renewal per write transaction, so that the offboarding lands between the two.
+    monkeypatch.setattr(apply_module, "BATCH_SIZE", 1)
     ca.ok("issue", "client", "erin", "--validity", "10d")
     ca.ok("issue", "client", "frank", "--validity", "20d")  # renewed second: expires later
     home = resolve_home(str(ca.home), None)

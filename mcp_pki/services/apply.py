@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from sqlalchemy.orm import Session
 from mcp_pki.errors import PkiError
 from mcp_pki.pki import keys, profiles
 from mcp_pki.pki.crl import RevocationReason, crl_number, load_crls
-from mcp_pki.pki.inspect import facts, from_pem, pem
+from mcp_pki.pki.inspect import CertificateFacts, facts, from_pem, pem
 from mcp_pki.pki.profiles import CertificateKind, Issuer
 from mcp_pki.services import audit
 from mcp_pki.services.authority import PassphraseSource, signing_chain, unlock
@@ -88,6 +89,7 @@ class Step:
     renews: Held | None = None  # RENEW: the certificate renewed (it stays valid)
     revokes: tuple[Held, ...] = ()  # REPLACE: the superseded ones; REVOKE: the targets
     reason: RevocationReason | None = None  # of the revocations
+    folder: Path | None = None  # where the files go, when not OUT_ROOT/NAME
 
     @property
     def signs(self) -> bool:
@@ -123,6 +125,7 @@ class Outcome:
     revoked: tuple[str, ...] = ()
     skipped: str | None = None
     files: tuple[Path, ...] = ()
+    facts: CertificateFacts | None = None  # the new certificate's
 
 
 @dataclass
@@ -320,14 +323,18 @@ class _Signed:
     details: dict[str, object]
     files: OutputFiles
     folder: Path
-    from_csr: bool
+    facts: CertificateFacts
 
 
 def apply_plan(
     home: Home, plan: Plan, *, out_root: Path, passphrase: PassphraseSource, now: datetime,
-    on_done: Callable[[Outcome], None] = lambda outcome: None,
+    on_done: Callable[[Outcome], None] = lambda outcome: None, replace_files: bool = True,
 ) -> ApplyResult:
-    """Carry out `plan`: sign in batches, then revoke and republish the CRLs once."""
+    """Carry out `plan`: sign in batches, then revoke and republish the CRLs once.
+
+    Without `replace_files`, a file that appeared in an output folder since the caller
+    checked it (another run writing there) is never overwritten.
+    """
     result = ApplyResult()
     if plan.nothing_to_do:
         return result
@@ -344,7 +351,8 @@ def apply_plan(
                 issuer, signer_id, signer_not_after, intermediates, root_pem, home.policy().max_validity,
             )
             for start in range(0, len(signing), BATCH_SIZE):
-                for outcome in _sign_batch(engine, signing[start:start + BATCH_SIZE], context, plan, out_root, now):
+                batch = signing[start:start + BATCH_SIZE]
+                for outcome in _sign_batch(engine, batch, context, plan, out_root, now, replace_files):
                     result.outcomes.append(outcome)
                     on_done(outcome)
         skipped = {id(o.step) for o in result.outcomes if o.skipped}
@@ -368,6 +376,7 @@ class _SigningContext:
 
 def _sign_batch(
     engine: Engine, steps: list[Step], context: _SigningContext, plan: Plan, out_root: Path, now: datetime,
+    replace_files: bool,
 ) -> list[Outcome]:
     signed = [_sign(step, context, out_root, now) for step in steps]
     outcomes: list[Outcome] = []
@@ -391,6 +400,7 @@ def _sign_batch(
                 elif item.step.renews is not None and item.step.renews.id in revoked_meanwhile:
                     why = f"{item.step.renews.serial} was revoked while this ran"
                 if why:
+                    item.files.abandon()  # the folders it created for nothing
                     outcomes.append(Outcome(item.step, skipped=why))
                     continue
                 session.add(item.row)
@@ -403,9 +413,10 @@ def _sign_batch(
             item.files.abandon()
         raise
     with ThreadPoolExecutor(_WRITER_THREADS) as pool:
-        written = list(pool.map(_write_files, committed))
+        written = list(pool.map(partial(_write_files, replace=replace_files), committed))
     outcomes.extend(
-        Outcome(item.step, serial=item.row.serial, files=tuple(paths)) for item, paths in zip(committed, written, strict=True)
+        Outcome(item.step, serial=item.row.serial, files=tuple(paths), facts=item.facts)
+        for item, paths in zip(committed, written, strict=True)
     )
     order = {id(s): i for i, s in enumerate(steps)}
     return sorted(outcomes, key=lambda o: order.get(id(o.step), 0))
@@ -454,7 +465,7 @@ def _sign(step: Step, context: _SigningContext, out_root: Path, now: datetime) -
         sans=entry.sans, issuer=context.issuer, serial=profiles.new_serial(), validity=validity,
     )
     leaf = facts(certificate)
-    folder = out_root / entry.name
+    folder = step.folder or out_root / entry.name
     files = OutputFiles()
     # The key first and tls.crt last: a tls.crt holding the certificate means the folder is
     # complete, which is what the next run's plan checks.
@@ -473,11 +484,11 @@ def _sign(step: Step, context: _SigningContext, out_root: Path, now: datetime) -
     if step.action is Action.REPLACE:
         details["replaces"] = [h.serial for h in step.revokes]
     row = _certificate_row(request, certificate, leaf, context.signer_id, folder, now)
-    return _Signed(step, request, row, details, files, folder, entry.csr is not None)
+    return _Signed(step, request, row, details, files, folder, leaf)
 
 
-def _write_files(item: _Signed) -> list[Path]:
-    written = item.files.write(replace=True)
+def _write_files(item: _Signed, *, replace: bool) -> list[Path]:
+    written = item.files.write(replace=replace)
     # Files of the certificate this one replaces that it does not have itself (a key, when
     # the new one came from a CSR; a PKCS#12 bundle) would pair with the wrong certificate.
     for stale in (item.folder / "tls.key", item.folder / "tls.p12"):

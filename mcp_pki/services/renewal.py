@@ -8,16 +8,19 @@ from pathlib import Path
 from sqlalchemy import Engine, exists, select
 from sqlalchemy.orm import Session, aliased
 
-from mcp_pki.errors import Conflict, InvalidInput, PassphraseError, PkiError, PolicyViolation
+from mcp_pki.errors import Conflict, InvalidInput, PolicyViolation
 from mcp_pki.pki import keys, profiles
+from mcp_pki.pki.crl import RevocationReason
 from mcp_pki.pki.csr import VerifiedRequest
 from mcp_pki.pki.names import SubjectAltNames
 from mcp_pki.pki.profiles import CertificateKind, Issuer
-from mcp_pki.services.authority import PassphraseSource, unlock_all
+from mcp_pki.services.apply import Action, Held, Outcome, Plan, Step, apply_plan
+from mcp_pki.services.authority import PassphraseSource
 from mcp_pki.services.files import refuse_existing
 from mcp_pki.services.home import Home
 from mcp_pki.services.inventory import Status, resolve_ref, status_of
 from mcp_pki.services.issuance import IssuedLeaf, LeafRequest, OutputRequest, audit_mark, issue_leaf
+from mcp_pki.services.roster import RosterEntry
 from mcp_pki.store.db import open_inventory, read_session
 from mcp_pki.store.models import Certificate, Revocation
 
@@ -180,42 +183,56 @@ def renew_expiring(
     """Renew every certificate in the window into ``<out_root>/<name>``.
 
     Output folders are checked before anything is signed; a certificate that fails later
-    (revoked meanwhile, say) is reported and the others go on.
+    (revoked or its owner offboarded meanwhile) is reported and the others go on. The
+    renewals are signed and recorded in batches, as `apply` does, and with `revoke_old`
+    the old certificates are revoked together and the CRLs published once, at the end:
+    republishing per renewal made the run quadratic in the size of the CRL.
     """
     engine = open_inventory(home.db_url)
     try:
         with read_session(engine) as session, session.begin():
             due = expiring_unreplaced(session, now=now, within=within)
             run_began = audit_mark(session)
-            planned = []
+            steps = []
             folders: set[Path] = set()
             for old in due:
                 folder = out_root / old.name
                 if folder in folders:  # two certificates of one name: keep both apart
                     folder = out_root / f"{old.name}-{old.serial[:8]}"
                 folders.add(folder)
-                options = RenewOptions(revoke_old=revoke_old)
-                planned.append((old, _renewal_request(old, options, now=now), OutputRequest(folder, force=force)))
-        for _, request, output in planned:
-            refuse_existing([output.folder / n for n in ("tls.crt", "tls.key", "ca.crt")], force=force)
-        unlocked = {}
-        if planned:
-            with read_session(engine) as session, session.begin():
-                unlocked = unlock_all(session, passphrase, now=now)
-        on_start(len(planned))
-        renewed, failed = [], []
-        for old, request, output in planned:
-            try:
-                renewed.append(_renew(
-                    home, engine, old, request, output, RenewOptions(revoke_old=revoke_old), passphrase, now,
-                    unlocked, run_began=run_began,
+                request = _renewal_request(old, RenewOptions(revoke_old=revoke_old), now=now)
+                held = Held(old.id, old.serial, request.kind, old.name, old.owner, old.not_after)
+                entry = RosterEntry(
+                    kind=request.kind, name=request.name, position=old.serial, sans=request.sans,
+                    roles=request.roles, owner=request.owner, validity=request.validity, key_type=request.key_type,
+                )
+                steps.append(Step(
+                    Action.RENEW, request.kind, old.name, f"expires {old.not_after:%Y-%m-%d}", entry=entry,
+                    renews=held, revokes=(held,) if revoke_old else (),
+                    reason=RevocationReason.SUPERSEDED if revoke_old else None, folder=folder,
                 ))
-            except PassphraseError:
-                raise  # the same for every certificate: stop at once
-            except PkiError as exc:
-                failed.append((old.serial, old.name, str(exc)))
-            on_progress()
     finally:
         engine.dispose()
+    for step in steps:
+        assert step.folder is not None
+        refuse_existing([step.folder / n for n in ("tls.crt", "tls.key", "ca.crt")], force=force)
+    on_start(len(steps))
+    renewed: list[Renewal] = []
+    failed: list[tuple[str, str, str]] = []
+
+    def done(outcome: Outcome) -> None:
+        step = outcome.step
+        assert step.renews is not None and step.entry is not None
+        if outcome.skipped:
+            failed.append((step.renews.serial, step.name, outcome.skipped))
+        elif outcome.facts is not None:
+            issued = IssuedLeaf(step.kind, step.name, step.entry.owner, outcome.facts, list(outcome.files))
+            renewed.append(Renewal(step.renews.serial, issued))
+        else:
+            return  # the revocation of the old certificate, reported with its renewal
+        on_progress()
+
+    plan = Plan(tuple(steps), 0, (), False, run_began)
+    apply_plan(home, plan, out_root=out_root, passphrase=passphrase, now=now, on_done=done, replace_files=force)
     short_lived = [c.name for c in due if c.not_after - c.not_before <= within]
     return BulkResult(renewed, failed, short_lived)

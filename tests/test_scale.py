@@ -1,0 +1,74 @@
+"""What keeps bulk commands linear: one CRL publication per bulk renewal, and the indexes
+the expiry and serial lookups use. The timings themselves are in scripts/bench."""
+
+import json
+import sqlite3
+from datetime import UTC, datetime, timedelta
+
+from cryptography import x509
+from sqlalchemy import event
+
+from mcp_pki.services.renewal import expiring_unreplaced
+from mcp_pki.store.db import open_inventory, read_session
+from tests.conftest import Cli
+
+
+def crl_numbers(ca: Cli) -> list[int]:
+    with sqlite3.connect(ca.db) as connection:
+        return [row[0] for row in connection.execute("SELECT number FROM crl_publications ORDER BY id")]
+
+
+def test_a_bulk_renewal_revokes_every_old_certificate_with_one_crl_publication(ca: Cli) -> None:
+    names = [f"svc{i:02d}" for i in range(12)]
+    for name in names:
+        ca.ok("issue", "client", name, "--validity", "10d")
+    published_before = len(crl_numbers(ca))
+    old = {c["name"]: c["serial"] for c in json.loads(ca.ok("list", "--json").stdout)}
+    result = ca.ok("renew", "--expiring-within", "30d", "--revoke-old", "--out-root", "renewed", "--json")
+    renewed = json.loads(result.stdout)["renewed"]
+    assert sorted(r["name"] for r in renewed) == names
+    assert all(r["old_serial"] == old[r["name"]] for r in renewed)
+    # One publication per CA (issuing and root) for the whole run, not one per renewal.
+    assert len(crl_numbers(ca)) == published_before + 2
+    crls = [x509.load_pem_x509_crl(b"-----BEGIN X509 CRL" + part)
+            for part in (ca.home / "crl.pem").read_bytes().split(b"-----BEGIN X509 CRL")[1:]]
+    entries = {format(e.serial_number, "x"): e for crl in crls for e in crl}
+    assert set(old.values()) <= set(entries)
+    assert all(entries[s].extensions.get_extension_for_class(x509.CRLReason).value.reason
+               == x509.ReasonFlags.superseded for s in old.values())
+    for name in names:
+        leaf = x509.load_pem_x509_certificates((ca.cwd / "renewed" / name / "tls.crt").read_bytes())[0]
+        assert format(leaf.serial_number, "x") == next(r["serial"] for r in renewed if r["name"] == name)
+    ca.ok("audit", "verify")
+    assert "0 renewed" in ca.ok("renew", "--expiring-within", "5d", "--revoke-old", "--out-root", "renewed").stderr
+
+
+def _plan(ca: Cli, sql: str) -> str:
+    with sqlite3.connect(ca.db) as connection:
+        return " | ".join(row[-1] for row in connection.execute(f"EXPLAIN QUERY PLAN {sql}"))
+
+
+def test_the_expiry_query_finds_renewals_through_the_renews_index(ca: Cli) -> None:
+    """Without the index, SQLite scans every certificate once per expiring certificate."""
+    ca.ok("issue", "client", "one")
+    engine = open_inventory(f"sqlite:///{ca.db}")
+    statements: list[str] = []
+    try:
+        @event.listens_for(engine, "before_cursor_execute")
+        def _record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+            statements.append(statement.replace("?", "'2026-01-01 00:00:00.000000'"))
+
+        with read_session(engine) as session, session.begin():
+            expiring_unreplaced(session, now=datetime.now(UTC), within=timedelta(days=30))
+    finally:
+        engine.dispose()
+    query = next(s for s in statements if "renews_id" in s)
+    plan = _plan(ca, query)
+    assert "ix_certificates_renews_id" in plan, plan
+
+
+def test_a_serial_prefix_is_looked_up_through_the_serial_index(ca: Cli) -> None:
+    serial = json.loads(ca.ok("issue", "client", "one", "--json").stdout)["serial"]
+    plan = _plan(ca, f"SELECT id FROM certificates WHERE serial >= '{serial[:8]}' AND serial < '{serial[:8]}g'")
+    assert "ix_certificates_serial" in plan, plan
+    assert json.loads(ca.ok("show", serial[:8].upper(), "--json").stdout)["serial"] == serial
