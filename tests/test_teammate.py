@@ -211,6 +211,10 @@ def test_snippet_all_renders_what_it_can_and_says_what_it_skipped(ca: Cli) -> No
     assert "skipped python-client: needs --var url=" in result.stderr
     written = sorted(tree(ca.cwd / "carol-config"))
     assert written == ["README.md", "kustomization.yaml"]
+    readme = (ca.cwd / "carol-config" / "README.md").read_text()
+    skipped = readme[readme.index("Not rendered"):]
+    assert "| `python-client` | needs --var url=..." in skipped and "| `claude-code-http` |" in skipped
+    assert "`kustomization.yaml`" in readme[:readme.index("Not rendered")]
     ca.ok("issue", "server", "files", "--ip", "127.0.0.1")
     result = ca.ok("snippet", "--all", "files", "--out", "files-config")
     assert "skipped server-env: needs --var command=" in result.stderr
