@@ -897,3 +897,22 @@ def test_the_bundle_readme_keeps_its_tables_with_a_hostile_folder(ca: Cli) -> No
         # A | inside a value is escaped: each row has as many cells as the header.
         assert len({len(re.split(r"(?<!\\)\|", row)) for row in rows}) == 1, rows
     assert "``/srv/a\\|b`c <img src=x> [y](z) \\``" in readme  # one code span, with a longer fence
+
+
+_controls = st.sampled_from(["\n", "\r", "\t", "\x00", "\x1b", "\x7f", "\x85", "\u2028", "\u2029", "\u202e", "\u2066",
+                             "\ufeff", "\udcff", "\ufffe"])
+
+
+@settings(max_examples=100, deadline=None)
+@given(before=_text, control=_controls, after=_text)
+def test_a_control_character_anywhere_is_refused_before_rendering(before: str, control: str, after: str) -> None:
+    from mcp_pki.render import check_value
+
+    value = before + control + after
+    for target in TARGETS:
+        for variable in target.variables:
+            with pytest.raises(InvalidInput, match="control character"):
+                check_value(variable, value)
+    for field in ("folder", "home", "home_owner", "tool", "name"):
+        with pytest.raises(InvalidInput, match="control character"):
+            view_of(dict(PLAIN, **{field: value}), kind="server")
