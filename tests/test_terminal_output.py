@@ -98,3 +98,12 @@ def test_shown_escapes_controls_and_leaves_text_alone() -> None:
         "a\\x1b[2J\\x0d\\x0a\\x09\\x00\\x7f\\x85\\u2028\\u202e\\u2066\\ufeff")
     assert shown("\udcff") == "\\udcff"  # an undecodable byte from argv: printable, not a crash
     assert shown_all(("a\rb", "c")) == "a\\x0db, c"
+
+
+def test_audit_shows_tampered_records_escaped(ca: Cli) -> None:
+    ca.ok("issue", "client", "bob")
+    with sqlite3.connect(ca.db) as connection:
+        connection.execute("UPDATE audit_log SET operator = ?, target_name = ?", (f"op{BIDI}", f"bob{CLEAR}{FAKE_LINE}"))
+    result = ca.ok("audit")
+    assert_terminal_safe(result.stdout)
+    assert "bob\\x1b[2J\\x0d\\x0aissued server certificate 00ff" in result.stdout

@@ -12,6 +12,7 @@ from mcp_pki.cli.common import (
     pass_settings,
     settings_of,
 )
+from mcp_pki.cli.terminal import shown
 from mcp_pki.timestamps import iso_utc
 
 
@@ -46,7 +47,8 @@ def audit(ctx: click.Context, since: str | None, as_json: bool) -> None:
         return
     for r in records:
         target = " ".join(t for t in (r.target_name, r.target_serial and f"[{r.target_serial}]") if t)
-        click.echo(f"{r.seq:>5}  {r.at:%Y-%m-%d %H:%M:%S}Z  {r.operator:12}  {r.action:10}  {r.outcome:8} {target}")
+        # Rows of a database others can write: shown, never obeyed, by the terminal.
+        click.echo(shown(f"{r.seq:>5}  {r.at:%Y-%m-%d %H:%M:%S}Z  {r.operator:12}  {r.action:10}  {r.outcome:8} {target}"))
 
 
 @audit.command()

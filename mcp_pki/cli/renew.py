@@ -16,6 +16,7 @@ from mcp_pki.cli.common import (
     read_file,
     warn,
 )
+from mcp_pki.cli.terminal import shown
 from mcp_pki.timestamps import iso_utc
 
 
@@ -133,7 +134,7 @@ def _renew_expiring(
         for renewal in result.renewed:
             click.echo(f"renewed {renewal.issued.name}: {renewal.old_serial} -> {renewal.issued.facts.serial}")
         for serial, name, error in result.failed:
-            click.echo(f"FAILED  {name} {serial}: {error}", err=True)
+            click.echo(f"FAILED  {shown(name)} {shown(serial)}: {shown(error)}", err=True)
         click.echo(f"{len(result.renewed)} renewed, {len(result.failed)} failed", err=True)
     if result.failed:
         raise PkiError(f"{len(result.failed)} of {len(result.renewed) + len(result.failed)} renewals failed")
