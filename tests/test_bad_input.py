@@ -466,7 +466,7 @@ def test_audit_verify_passes_on_a_fresh_log(ca: Cli) -> None:
     ca.ok(*SERVER)
     assert "intact: 3 records" in ca.ok("audit", "verify").stdout
     records = json.loads(ca.ok("audit", "--json").stdout)
-    assert [r["action"] for r in records] == ["init-ca", "issue", "issue"]
+    assert [r["action"] for r in records if r["action"] != "checkpoint"] == ["init-ca", "issue", "issue"]
 
 
 def test_audit_verify_names_an_altered_record(ca: Cli) -> None:
@@ -496,7 +496,7 @@ def test_audit_verify_notices_a_deleted_middle_record(ca: Cli) -> None:
 def test_audit_verify_notices_a_deleted_last_record(ca: Cli) -> None:
     ca.ok(*CLIENT)
     last = json.loads(ca.ok(*SERVER, "--json").stdout)["serial"]
-    _sql(ca, "DELETE FROM audit_log WHERE seq = 3")
+    _sql(ca, "DELETE FROM audit_log WHERE seq >= 5")  # its record and the checkpoint signing it
     snap = Snapshot(ca)
     assert_clean_error(ca("audit", "verify"), last)
     snap.assert_unchanged()

@@ -127,3 +127,24 @@ def test_concurrent_revocations_wait_for_each_other_on_postgresql(postgres: str,
     listed = json.loads(mcp.ok("list", "--status", "revoked", "--json", env=db_env).stdout)
     assert sorted(c["name"] for c in listed) == names
     mcp.ok("audit", "verify", env=db_env)
+
+
+def test_a_revocation_deleted_on_postgresql_is_refused_and_reported(postgres: str, mcp: Cli) -> None:
+    """Anyone who can write a shared database could delete a revocation: the next CRL
+    refuses to drop it, and audit verify names it."""
+    import psycopg
+
+    url = _fresh_database(postgres, "undo")
+    env = {"MCP_PKI_DB": url}
+    mcp.ok("init-ca", "--name", "Team", env=env)
+    alice = json.loads(mcp.ok("issue", "client", "alice", "--json", env=env).stdout)["serial"]
+    mcp.ok("revoke", "alice", env=env)
+    with psycopg.connect(url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as connection:
+        connection.execute(
+            "DELETE FROM revocations WHERE certificate_id = (SELECT id FROM certificates WHERE serial = %s)",
+            (alice,),
+        )
+    refused = mcp("crl", env=env)
+    assert refused.exit_code == 1 and "refusing to publish" in refused.stderr and alice in refused.stderr
+    broken = mcp("audit", "verify", env=env)
+    assert broken.exit_code == 1 and alice in broken.stderr

@@ -73,12 +73,31 @@ def crls_by_issuer(ca: Cli) -> dict[str, bytes]:
 
 
 def publish_expired_crls(ca: Cli) -> None:
-    """CRLs published eight days ago for seven days, through the service layer's clock."""
-    from mcp_pki.services.home import resolve_home
-    from mcp_pki.services.revocation import republish
+    """Make crl.pem hold CRLs of every CA signed eight days ago for seven days, as a CA that
+    nobody republished leaves it. Built with the pki layer: the tool itself refuses to sign
+    with a clock earlier than its newest CRL."""
+    from mcp_pki.pki.crl import authority_key_id, build_crl, crl_number, load_crls, revoked_entries
+    from mcp_pki.pki.der import pem_encode
+    from mcp_pki.services.authority import unlock_all
+    from mcp_pki.store.db import open_inventory, read_session
 
-    republish(resolve_home(str(ca.home), None), passphrase=lambda: PASSPHRASE.encode(),
-              now=datetime.now(UTC) - timedelta(days=8), validity=timedelta(days=7))
+    engine = open_inventory(f"sqlite:///{ca.db}")
+    try:
+        with read_session(engine) as session, session.begin():
+            issuers = unlock_all(session, lambda: PASSPHRASE.encode(), now=datetime.now(UTC))
+    finally:
+        engine.dispose()
+    current = {authority_key_id(crl): crl for crl in load_crls((ca.home / "crl.pem").read_bytes())}
+    then = datetime.now(UTC) - timedelta(days=8)
+    expired = b""
+    for _, issuer in sorted(issuers.items(), reverse=True):  # the issuing CA's first, as crl.pem lists them
+        key_id = issuer.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+        previous = current[key_id]
+        number = (crl_number(previous) or 0) + 1
+        der = build_crl(issuer=issuer, number=number, this_update=then, next_update=then + timedelta(days=7),
+                        entries=revoked_entries(previous))
+        expired += pem_encode(der)
+    (ca.home / "crl.pem").write_bytes(expired)
 
 
 def openssl_verify(ca: Cli, folder: Path, check: str) -> subprocess.CompletedProcess[str]:

@@ -6,6 +6,7 @@ project errors become ``Error: ...`` and an exit code.
 """
 
 import gc
+import logging
 import os
 import sys
 from typing import Any
@@ -87,6 +88,21 @@ def cli(ctx: click.Context, home: str | None, db_url: str | None, passphrase_fil
       mcp-pki issue client alice --email alice@acme.test --role admin
     """
     ctx.obj = Settings(home_option=home, db_option=db_url, passphrase_file=passphrase_file)
+    _print_service_warnings()
+
+
+class _WarningLine(logging.Handler):
+    """Prints a warning that a service logs as one ``Warning: ...`` line on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"Warning: {record.getMessage()}", err=True)
+
+
+def _print_service_warnings() -> None:
+    services = logging.getLogger("mcp_pki.services")
+    if not any(isinstance(h, _WarningLine) for h in services.handlers):
+        services.addHandler(_WarningLine(logging.WARNING))
+        services.propagate = False
 
 
 cli.add_command(ca.init_ca)

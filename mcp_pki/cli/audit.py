@@ -11,6 +11,7 @@ from mcp_pki.cli.common import (
     parse_duration_option,
     pass_settings,
     settings_of,
+    warn,
 )
 from mcp_pki.cli.terminal import shown
 from mcp_pki.timestamps import iso_utc
@@ -56,7 +57,12 @@ def audit(ctx: click.Context, since: str | None, as_json: bool) -> None:
               help="Check a gateway's tool-call log (mcp-pki gateway --audit-log FILE) instead.")
 @pass_settings
 def verify(settings: Settings, log_file: Path | None) -> None:
-    """Recompute the hash chain; exit 1 naming the first altered or missing record."""
+    """Check the audit log; exit 1 naming the first altered or missing record.
+
+    Recomputes the hash chain, checks every checkpoint's signature by the issuing CA,
+    checks that every CA, certificate, revocation and CRL number has its record, and
+    cross-checks the revocations against the newest signed CRL of each CA, both ways.
+    """
     if log_file is not None:
         from mcp_pki.cli.gateway import verify_call_log
 
@@ -66,14 +72,24 @@ def verify(settings: Settings, log_file: Path | None) -> None:
     from mcp_pki.services.audit import verify_audit_log
     from mcp_pki.services.authority import open_existing
 
-    engine = open_existing(settings.home())
+    home = settings.home()
+    engine = open_existing(home)
     try:
-        verdict = verify_audit_log(engine)
+        root_pem = home.root_certificate_file.read_bytes() if home.root_certificate_file.is_file() else None
+        verdict = verify_audit_log(engine, root_pem=root_pem, crl_file=home.crl_file)
     finally:
         engine.dispose()
     if not verdict.ok:
         raise PkiError(f"audit log broken: {verdict.problem}")
-    click.echo(f"audit log intact: {verdict.records} records")
+    click.echo(f"audit log intact: {verdict.operations} records, {verdict.checkpoints} signed checkpoints")
+    if not verdict.checkpoints and verdict.operations:
+        warn("no record is signed yet (an inventory from an older version): any signing command, "
+             "e.g. 'mcp-pki crl', signs the whole log")
+    elif verdict.unsigned_tail:
+        click.echo(
+            f"unsigned tail: {verdict.unsigned_tail} records after the last signed checkpoint, "
+            f"only as safe as access to the database"
+        )
 
 
 def _since(text: str | None):  # type: ignore[no-untyped-def]

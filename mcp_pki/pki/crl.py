@@ -9,13 +9,13 @@ from enum import Enum
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtensionOID
 
 from mcp_pki.errors import InvalidInput
 from mcp_pki.pki.der import children, der
-from mcp_pki.pki.keys import SigningKey, signature_hash_for
+from mcp_pki.pki.keys import signature_hash_for
 from mcp_pki.pki.profiles import Issuer
+from mcp_pki.pki.signatures import sign
 
 
 class RevocationReason(Enum):
@@ -89,18 +89,7 @@ def build_crl(
     revoked = der(0x30, b"".join(entries))
     tbs = der(0x30, b"".join(fields[:5]) + revoked + b"".join(fields[5:]))
     outer = children(empty.public_bytes(serialization.Encoding.DER))
-    return der(0x30, tbs + outer[1] + der(0x03, b"\x00" + _sign(issuer.key, tbs)))
-
-
-def _sign(key: SigningKey, data: bytes) -> bytes:
-    digest = signature_hash_for(key)
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        assert digest is not None
-        return key.sign(data, ec.ECDSA(digest))
-    if isinstance(key, rsa.RSAPrivateKey):
-        assert digest is not None
-        return key.sign(data, padding.PKCS1v15(), digest)
-    return key.sign(data)
+    return der(0x30, tbs + outer[1] + der(0x03, b"\x00" + sign(issuer.key, tbs)))
 
 
 _REASON_CODES = {
@@ -175,3 +164,27 @@ def load_crls(data: bytes) -> list[x509.CertificateRevocationList]:
         except (ValueError, binascii.Error):
             raise InvalidInput("malformed CRL in bundle") from None
     return crls
+
+
+def revoked_entries(crl: x509.CertificateRevocationList) -> list[bytes]:
+    """The DER of each revokedCertificates element, as `encode_entry` makes them, without
+    building an object per entry (a 100,000-entry CRL splits in milliseconds)."""
+    fields = children(crl.tbs_certlist_bytes)
+    # version, signature, issuer, thisUpdate, [nextUpdate], [revokedCertificates], [0] extensions
+    for item in fields[4:]:
+        if item[0] == 0x30:
+            return children(item)
+    return []
+
+
+def entry_serial(entry: bytes) -> int:
+    """The serial number of one encoded revokedCertificates element."""
+    return int.from_bytes(_integer_content(children(entry)[0]), "big")
+
+
+def _integer_content(element: bytes) -> bytes:
+    length = element[1]
+    if length < 0x80:
+        return element[2 : 2 + length]
+    size = length & 0x7F
+    return element[2 + size :]

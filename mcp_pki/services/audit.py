@@ -1,26 +1,41 @@
-"""The tamper-evident audit log: a hash chain over every CA operation.
+"""The tamper-evident audit log: a hash chain over every CA operation, signed at every
+signing operation.
 
 Each record's hash covers its own fields and the previous record's hash, so editing or
-deleting a record breaks the chain at that point. Deleting the newest records leaves a
-valid chain, so `verify_audit_log` also checks that every CA and certificate in the
-inventory has the record that created it.
+deleting a record breaks the chain at that point. A hash chain alone does not stop someone
+who can write the database: they can rewrite every record and recompute every hash. So each
+command that signs with a CA key also signs the chain's head with the issuing CA key, in a
+"checkpoint" record: history up to the last checkpoint cannot be rewritten without the CA
+passphrase. Deleting the newest records leaves a valid chain, so `verify_audit_log` also
+checks that every CA, certificate, revocation and CRL number in the inventory has the
+record that made it, and that every revocation the log records is still in the inventory.
 """
 
+import base64
+import binascii
 import getpass
 import hashlib
 import json
 import os
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from mcp_pki.pki.crl import entry_serial, revoked_entries
+from mcp_pki.pki.profiles import Issuer, serial_hex
+from mcp_pki.pki.signatures import is_signed_by, sign
+from mcp_pki.services.crls import newest_signed_crls
 from mcp_pki.store.db import read_session
 from mcp_pki.store.models import AuditRecord, Authority, Certificate, CrlPublication, Revocation
 
 GENESIS_HASH = "0" * 64
+CHECKPOINT = "checkpoint"
 
 
 def current_operator() -> str:
@@ -44,11 +59,13 @@ def append_record(
     target_serial: str | None = None,
     target_name: str | None = None,
     details: dict[str, Any] | None = None,
+    signer: Issuer | None = None,
 ) -> AuditRecord:
     """Add one record to the chain inside the caller's transaction. Never pass secrets.
 
     The outcome is always "success": a command that fails rolls back and changes nothing,
-    its record included.
+    its record included. A command that signed with a CA key passes the issuing CA as
+    `signer`, which signs the new head of the chain in a checkpoint record.
     """
     last = session.execute(
         select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)
@@ -61,7 +78,28 @@ def append_record(
     )
     record.hash = record_hash(record)
     session.add(record)
+    if signer is not None:
+        _append_checkpoint(session, record, signer, now=now)
     return record
+
+
+def checkpoint_message(seq: int, head_hash: str) -> bytes:
+    """What a checkpoint signs: the position and hash of the record it vouches for, whose
+    hash covers every record before it."""
+    return f"mcp-pki audit checkpoint\n{seq}\n{head_hash}".encode("ascii")
+
+
+def _append_checkpoint(session: Session, signed: AuditRecord, signer: Issuer, *, now: datetime) -> None:
+    signature = sign(signer.key, checkpoint_message(signed.seq, signed.hash))
+    checkpoint = AuditRecord(
+        seq=signed.seq + 1, at=now, operator=signed.operator, action=CHECKPOINT,
+        target_serial=serial_hex(signer.certificate.serial_number), target_name=None, outcome="success",
+        details={"signed_seq": signed.seq, "signed_hash": signed.hash,
+                 "signature": base64.b64encode(signature).decode("ascii")},
+        prev_hash=signed.hash,
+    )
+    checkpoint.hash = record_hash(checkpoint)
+    session.add(checkpoint)
 
 
 def record_hash(record: AuditRecord) -> str:
@@ -95,30 +133,54 @@ def list_records(engine: Engine, *, since: datetime | None = None) -> list[Audit
 class AuditVerdict:
     records: int
     problem: str | None  # None when the chain is intact
+    checkpoints: int = 0
+    # Records after the last checkpoint: they are only as safe as access to the database.
+    unsigned_tail: int = 0
+
+    @property
+    def operations(self) -> int:
+        """The records of CA operations, without the checkpoints that sign them."""
+        return self.records - self.checkpoints
 
     @property
     def ok(self) -> bool:
         return self.problem is None
 
 
-def verify_audit_log(engine: Engine) -> AuditVerdict:
-    """Check the chain, then that every CA, certificate, revocation and CRL number in the
-    inventory has the record that made it: removing the newest records leaves the chain
-    itself intact, but not that."""
+def _vouches(record: AuditRecord) -> bool:
+    """Whether the record stands for something signed: a CA, certificate, revocation or CRL.
+    Such a record is followed by its checkpoint once the log has checkpoints."""
+    details = record.details
+    return record.action in {"init-ca", "issue", "renew", "revoke", "offboard", "publish-crl"} or any(
+        details.get(key) for key in ("created_serials", "revoked_serials", "crl_numbers")
+    )
+
+
+class _ChainError(Exception):
+    pass
+
+
+def verify_audit_log(engine: Engine, *, root_pem: bytes | None = None, crl_file: Path | None = None) -> AuditVerdict:
+    """Check the chain and its signed checkpoints, then that every CA, certificate,
+    revocation and CRL number in the inventory has the record that made it, and that every
+    revocation the log records is still in the inventory.
+
+    `root_pem` is the root certificate distributed from the home folder (``ca.crt``):
+    checkpoints must be signed by a CA that chains to it, so that a CA row planted in the
+    database cannot vouch for a rewritten log. The revocations are also compared, both
+    ways, with the newest CRL each CA signed (in the inventory or in `crl_file`).
+    """
     with read_session(engine) as session, session.begin():
         records = list(session.scalars(select(AuditRecord).order_by(AuditRecord.seq)))
-        expected_prev = GENESIS_HASH
+        try:
+            signers = _checkpoint_signers(session, root_pem)
+            checkpoints, last_signed = _verify_chain(records, signers)
+        except _ChainError as exc:
+            return AuditVerdict(len(records), str(exc))
         created: set[Any] = set()
         revoked: set[Any] = set()
         crl_numbers: set[Any] = set()
-        for position, record in enumerate(records, start=1):
-            if record.seq != position:
-                return AuditVerdict(len(records), f"record {position} is missing (next is {record.seq})")
-            if record.prev_hash != expected_prev:
-                return AuditVerdict(len(records), f"record {record.seq} does not link to record {position - 1}")
-            if record_hash(record) != record.hash:
-                return AuditVerdict(len(records), f"record {record.seq} ({record.action}) was altered")
-            expected_prev = record.hash
+        for record in records:
             details = record.details
             if record.action in {"init-ca", "issue", "renew"}:
                 created.add(record.target_serial)
@@ -129,14 +191,132 @@ def verify_audit_log(engine: Engine) -> AuditVerdict:
             if details.get("revoked_old"):
                 revoked.add(details["renews"])
             crl_numbers.update(details.get("crl_numbers", []))
+        inventory_revoked = set(session.scalars(
+            select(Certificate.serial).join(Revocation, Revocation.certificate_id == Certificate.id)))
         expectations: list[tuple[str, object, set[Any]]] = [
             *((f"CA {s}", s, created) for s in session.scalars(select(Authority.serial))),
             *((f"certificate {s}", s, created) for s in session.scalars(select(Certificate.serial))),
-            *((f"the revocation of {s}", s, revoked) for s in session.scalars(
-                select(Certificate.serial).join(Revocation, Revocation.certificate_id == Certificate.id))),
+            *((f"the revocation of {s}", s, revoked) for s in inventory_revoked),
             *((f"CRL number {n}", n, crl_numbers) for n in session.scalars(select(CrlPublication.number).distinct())),
         ]
         for what, key, recorded in expectations:
             if key not in recorded:
                 return AuditVerdict(len(records), f"{what} has no audit record: records were removed")
-    return AuditVerdict(len(records), None)
+        for serial in sorted(revoked - inventory_revoked):
+            return AuditVerdict(
+                len(records),
+                f"the audit log records the revocation of {serial}, but the inventory has no revocation "
+                f"for it: a revocation was removed from the database",
+            )
+        problem = _compare_with_signed_crls(session, crl_file)
+        if problem is not None:
+            return AuditVerdict(len(records), problem)
+    return AuditVerdict(
+        len(records), None, checkpoints=checkpoints, unsigned_tail=len(records) - last_signed,
+    )
+
+
+def _compare_with_signed_crls(session: Session, crl_file: Path | None) -> str | None:
+    """The first disagreement between the inventory's revocations and the newest CRL each CA
+    signed: a serial on the CRL that the inventory does not hold as revoked, or a revocation
+    that the CRL should list but does not."""
+    authorities = {a.id: a for a in session.scalars(select(Authority))}
+    certificates = {i: x509.load_pem_x509_certificate(a.certificate_pem.encode()) for i, a in authorities.items()}
+    for authority_id, signed in newest_signed_crls(session, certificates, crl_file).items():
+        listed = {entry_serial(entry) for entry in revoked_entries(signed.crl)}
+        held = {
+            int(serial, 16): (not_after, revoked_at)
+            for serial, not_after, revoked_at in session.execute(
+                select(Certificate.serial, Certificate.not_after, Revocation.revoked_at)
+                .join(Revocation, Revocation.certificate_id == Certificate.id)
+                .where(Certificate.issuer_id == authority_id)
+            )
+        }
+        where = f"CRL #{signed.number} of {authorities[authority_id].subject} ({signed.source})"
+        for serial in sorted(listed - held.keys()):
+            return f"certificate {serial:x} is revoked on {where}, but the inventory has no revocation for it"
+        for serial, (not_after, revoked_at) in sorted(held.items()):
+            if serial not in listed and revoked_at <= signed.this_update <= not_after:
+                return f"the revocation of {serial:x} is missing from {where}"
+    return None
+
+
+def _checkpoint_signers(session: Session, root_pem: bytes | None) -> dict[str, x509.Certificate]:
+    """Our CA certificates by serial, each one checked to chain to the distributed root."""
+    authorities = list(session.scalars(select(Authority)))
+    certificates = {}
+    for authority in authorities:
+        try:
+            certificates[authority.serial] = x509.load_pem_x509_certificate(authority.certificate_pem.encode())
+        except ValueError:
+            raise _ChainError(f"CA {authority.serial} has an unreadable certificate in the inventory") from None
+    roots = [c for a, c in zip(authorities, certificates.values(), strict=True) if a.parent_id is None]
+    if root_pem is not None:
+        try:
+            distributed = x509.load_pem_x509_certificate(root_pem)
+        except ValueError:
+            distributed = None
+        if distributed is not None and distributed not in roots:
+            raise _ChainError("the inventory's root CA is not the one in ca.crt: the CA rows were replaced")
+    trusted = {}
+    for serial, certificate in certificates.items():
+        if any(certificate == root or _issued_by(certificate, root) for root in roots):
+            trusted[serial] = certificate
+    return trusted
+
+
+def _issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        certificate.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _verify_chain(records: list[AuditRecord], signers: dict[str, x509.Certificate]) -> tuple[int, int]:
+    """Walk the hash chain and check every checkpoint; return the number of checkpoints and
+    the position of the last one (which, through the chain, signs every record before it)."""
+    expected_prev = GENESIS_HASH
+    checkpoints, last_signed = 0, 0
+    last_vouching: AuditRecord | None = None
+    for position, record in enumerate(records, start=1):
+        if record.seq != position:
+            raise _ChainError(f"record {position} is missing (next is {record.seq})")
+        if record.prev_hash != expected_prev:
+            raise _ChainError(f"record {record.seq} does not link to record {position - 1}")
+        if record_hash(record) != record.hash:
+            raise _ChainError(f"record {record.seq} ({record.action}) was altered")
+        if record.action == CHECKPOINT:
+            _check_checkpoint(record, records, signers)
+            checkpoints += 1
+            last_signed = position
+        elif _vouches(record):
+            last_vouching = record
+        expected_prev = record.hash
+    # Once the log has checkpoints, every record that vouches for something signed is
+    # followed by one. Rewriting history breaks every later checkpoint's signature; dropping
+    # those checkpoints leaves the later records unsigned, which is caught here.
+    if checkpoints and last_vouching is not None and last_vouching.seq > last_signed:
+        raise _ChainError(
+            f"record {last_vouching.seq} ({last_vouching.action}) has no signed checkpoint after it: "
+            f"the log was rewritten without the CA key"
+        )
+    return checkpoints, last_signed
+
+
+def _check_checkpoint(record: AuditRecord, records: list[AuditRecord], signers: dict[str, x509.Certificate]) -> None:
+    details = record.details
+    signed_seq, signed_hash = details.get("signed_seq"), details.get("signed_hash")
+    if signed_seq != record.seq - 1 or signed_hash != records[record.seq - 2].hash:
+        raise _ChainError(f"checkpoint {record.seq} does not sign the record before it")
+    certificate = signers.get(record.target_serial or "")
+    if certificate is None:
+        raise _ChainError(f"checkpoint {record.seq} names a signer that is not one of our CAs")
+    try:
+        signature = base64.b64decode(str(details.get("signature", "")), validate=True)
+    except (binascii.Error, ValueError):
+        signature = b""
+    if not is_signed_by(certificate, signature, checkpoint_message(signed_seq, signed_hash)):
+        raise _ChainError(
+            f"checkpoint {record.seq} has an invalid signature: records up to {signed_seq} were rewritten"
+        )

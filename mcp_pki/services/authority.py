@@ -97,6 +97,7 @@ def init_ca(home: Home, request: CaRequest, *, now: datetime) -> CreatedCa:
                     "key_encrypted": request.passphrase is not None,
                     "crl_numbers": [c.number for c in crls],
                 },
+                signer=signers[-1][1],  # the CA that signs leaves, as in every later checkpoint
             )
             output.add(home.root_certificate_file, pem(root).encode("ascii"))
     except BaseException:

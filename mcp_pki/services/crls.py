@@ -1,18 +1,19 @@
 """Publishing CRLs: one per CA, numbers that only grow, and the crl.pem bundle."""
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
-from sqlalchemy import select, update
+from cryptography.exceptions import InvalidSignature
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from mcp_pki.errors import InvalidInput
+from mcp_pki.errors import InvalidInput, PolicyViolation
 from mcp_pki.pki.crl import (
     RevocationReason,
     RevokedEntry,
@@ -20,12 +21,23 @@ from mcp_pki.pki.crl import (
     build_crl,
     crl_number,
     encode_entry,
+    entry_serial,
     load_crls,
+    revoked_entries,
 )
 from mcp_pki.pki.der import pem_encode
 from mcp_pki.pki.profiles import Issuer
+from mcp_pki.pki.signatures import is_crl_signed_by
 from mcp_pki.services.files import OutputFiles
 from mcp_pki.store.models import Authority, Certificate, CrlPublication, Revocation
+from mcp_pki.timestamps import iso_utc
+
+logger = logging.getLogger(__name__)  # the CLI prints its warnings as "Warning: ..."
+
+# RFC 5280 5.2.3 allows CRL numbers of up to 20 octets; the inventory stores them as a
+# 64-bit signed integer (SQLite and PostgreSQL BIGINT), the tighter bound. One CRL a second
+# would take 292 billion years to reach it: only a forged or corrupted number gets there.
+MAX_CRL_NUMBER = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +51,12 @@ class PublishedCrl:
     pem: bytes
     der: bytes
     key_id: bytes  # the CA's subject key identifier, which the CRL's AKI names
+    ca_certificate: x509.Certificate  # the CA that signed it
+
+
+# How far the clock may be behind the newest CRL's thisUpdate before we refuse to sign: more
+# than clock skew between the machines that share an inventory, far less than a CRL's life.
+CLOCK_TOLERANCE = timedelta(minutes=5)
 
 
 def publish_crls(
@@ -47,29 +65,43 @@ def publish_crls(
     """Sign a new CRL for every CA, inside the caller's transaction.
 
     The CRL number is one more than the highest ever seen, in the inventory or in the
-    published file, so that restoring an older inventory cannot make numbers go backwards.
+    published file (counting only CRLs that our CA signed), so that restoring an older
+    inventory cannot make numbers go backwards. Before signing, each CA's previous signed
+    CRL is compared with the new entries: a serial it lists whose certificate has not
+    expired must still be revoked, or the publication is refused. So deleting a row from
+    the revocations table cannot quietly un-revoke a certificate at the next routine `crl`.
     """
     if validity <= timedelta(0):
         raise InvalidInput("the CRL validity must be greater than zero")
-    file_numbers = _published_numbers(published_file)
     authorities = list(session.scalars(select(Authority).order_by(Authority.id.desc())))
-    previous = {
-        authority.id: session.execute(
-            select(CrlPublication.number, CrlPublication.this_update)
-            .where(CrlPublication.authority_id == authority.id)
-            .order_by(CrlPublication.number.desc())
-            .limit(1)
-        ).first()
-        for authority in authorities
-    }
-    revoked = _revoked_by_issuer(session, previous)
+    certificates = {a.id: issuers[a.id].certificate for a in authorities}
+    previous = newest_signed_crls(session, certificates, published_file)
+    for authority in authorities:
+        last = previous.get(authority.id)
+        if last is not None and now < last.this_update - CLOCK_TOLERANCE:
+            raise PolicyViolation(
+                f"the clock is behind: it is {iso_utc(now)}, but CRL #{last.number} of {authority.subject} "
+                f"was signed at {iso_utc(last.this_update)}. Fix the system clock; CRLs are not signed "
+                f"while the clock is earlier than the newest CRL"
+            )
+    revoked = _revoked_by_issuer(session, previous, now=now)
     published = []
     # Newest CA first: the issuing CA's CRL, then the root's, as crl.pem lists them.
     for authority in authorities:
-        issuer, last = issuers[authority.id], previous[authority.id]
+        issuer, last = issuers[authority.id], previous.get(authority.id)
         key_id = issuer.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
-        number = max(last.number if last else 0, file_numbers.get(key_id, 0)) + 1
+        highest = max(
+            last.number if last else 0,
+            session.scalar(select(func.max(CrlPublication.number)).where(CrlPublication.authority_id == authority.id)) or 0,
+        )
+        number = highest + 1
+        if number > MAX_CRL_NUMBER:
+            raise PolicyViolation(
+                f"the CRL number of {authority.subject} has reached the largest that RFC 5280 allows (20 octets)"
+            )
         entries = revoked.get(authority.id, [])
+        if last is not None:
+            _refuse_dropped(session, authority, last, entries, now=now)
         der = build_crl(issuer=issuer, number=number, this_update=now, next_update=now + validity, entries=entries)
         # Only the newest CRL's text is kept; older rows keep number and times as history.
         session.execute(
@@ -85,36 +117,134 @@ def publish_crls(
         published.append(PublishedCrl(
             role=authority.role, subject=authority.subject, number=number, this_update=now,
             next_update=now + validity, entries=len(entries), pem=pem,
-            der=der, key_id=key_id,
+            der=der, key_id=key_id, ca_certificate=issuer.certificate,
         ))
     return published
 
 
-def _revoked_by_issuer(session: Session, previous: dict[int, Any]) -> dict[int, list[bytes]]:
+@dataclass(frozen=True, slots=True)
+class SignedCrl:
+    """The newest CRL of one CA whose signature checks out, from the inventory or crl.pem."""
+
+    crl: x509.CertificateRevocationList
+    number: int
+    this_update: datetime
+    source: str  # "the inventory" or the file's path
+
+
+def newest_signed_crls(
+    session: Session, certificates: dict[int, x509.Certificate], published_file: Path | None
+) -> dict[int, SignedCrl]:
+    """By CA id, the highest-numbered CRL that this CA really signed.
+
+    Looks in the inventory (the newest publication's text) and in the published file. A CRL
+    whose signature does not verify is ignored with a warning: anyone who can write the home
+    folder could plant one with a huge number and block every later publication.
+    """
+    candidates: list[tuple[x509.CertificateRevocationList, str]] = []
+    rows = session.execute(
+        select(CrlPublication.authority_id, CrlPublication.crl_pem).where(CrlPublication.crl_pem != "")
+    ).all()
+    for _, text in rows:
+        try:
+            candidates.extend((crl, "the inventory") for crl in load_crls(text.encode("ascii")))
+        except (InvalidInput, UnicodeEncodeError):
+            logger.warning("an unreadable CRL in the inventory was ignored")
+    if published_file is not None:
+        try:
+            data = published_file.read_bytes()
+        except OSError:
+            data = b""
+        try:
+            candidates.extend((crl, str(published_file)) for crl in load_crls(data))
+        except InvalidInput:
+            logger.warning("%s holds a malformed CRL: ignored", published_file)
+    newest: dict[int, SignedCrl] = {}
+    for crl, source in candidates:
+        number = crl_number(crl)
+        signer = next((i for i, c in certificates.items() if is_crl_signed_by(crl, c)), None)
+        if signer is None or number is None:
+            logger.warning("a CRL in %s is not signed by this CA: ignored", source)
+            continue
+        if signer not in newest or number > newest[signer].number:
+            newest[signer] = SignedCrl(crl, number, crl.last_update_utc, source)
+    return newest
+
+
+def _refuse_dropped(
+    session: Session, authority: Authority, last: SignedCrl, entries: list[bytes], *, now: datetime
+) -> None:
+    """Refuse to publish when a serial on the previous signed CRL is missing from `entries`
+    while its certificate has not expired: the revocation was removed from the database."""
+    current = set(entries)
+    dropped = [e for e in revoked_entries(last.crl) if e not in current]
+    if not dropped:
+        return
+    still_listed = {entry_serial(e) for e in entries}
+    for entry in dropped:
+        serial = entry_serial(entry)
+        if serial in still_listed:
+            continue
+        if not _expired(session, authority, serial, now=now):
+            raise PolicyViolation(
+                f"refusing to publish: certificate {serial:x} is revoked on CRL #{last.number} of "
+                f"{authority.subject} ({last.source}) and has not expired, but the inventory no longer "
+                f"holds its revocation. The database may have been altered: run 'mcp-pki audit verify'"
+            )
+
+
+def _expired(session: Session, authority: Authority, serial: int, *, now: datetime) -> bool:
+    """Whether the certificate we signed with `serial` has expired, by its own signed
+    notAfter: the inventory's not_after column could be edited along with the revocation."""
+    text = session.scalar(
+        select(Certificate.certificate_pem).where(
+            Certificate.issuer_id == authority.id, Certificate.serial == f"{serial:x}"
+        )
+    )
+    if text is None:
+        return False
+    try:
+        certificate = x509.load_pem_x509_certificate(text.encode("ascii"))
+        issuer = x509.load_pem_x509_certificate(authority.certificate_pem.encode("ascii"))
+        certificate.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature, UnicodeEncodeError):
+        return False
+    return certificate.serial_number == serial and certificate.not_valid_after_utc < now
+
+
+def _revoked_by_issuer(
+    session: Session, previous: dict[int, SignedCrl], *, now: datetime
+) -> dict[int, list[bytes]]:
     """Encoded CRL entries by issuing CA, read in one pass over the revocations.
 
     An entry stays until one CRL has been published after the certificate expired (RFC 5280
-    3.3): it is dropped once the previous CRL of its CA came after its expiry. Every CA
-    publishes at once, so one cutoff normally serves all; only the columns needed are read,
-    on the Core connection, since per-row ORM work would dominate at 100,000 entries.
+    3.3): it is dropped once its certificate has expired both before the previous signed
+    CRL of its CA and before now. Both, so that one run with the clock ahead cannot make
+    later CRLs drop entries of certificates that are still valid. Only the columns needed
+    are read, on the Core connection, since per-row ORM work would dominate at 100,000
+    entries.
     """
-    groups: dict[datetime | None, set[int]] = {}
-    for authority_id, row in previous.items():
-        groups.setdefault(row.this_update if row else None, set()).add(authority_id)
+    oldest_previous = min((c.this_update for c in previous.values()), default=None)
+    query = (
+        select(Certificate.issuer_id, Certificate.not_after, Revocation.crl_entry)
+        .select_from(Revocation)
+        .join(Certificate, Revocation.certificate_id == Certificate.id)
+        .order_by(Revocation.certificate_id)
+    )
+    if oldest_previous is not None:
+        query = query.where(Certificate.not_after >= min(oldest_previous, now))
     by_issuer: dict[int, list[bytes]] = {}
-    for cutoff, authority_ids in groups.items():
-        query = (
-            select(Certificate.issuer_id, Revocation.crl_entry)
-            .select_from(Revocation)
-            .join(Certificate, Revocation.certificate_id == Certificate.id)
-            .order_by(Revocation.certificate_id)
-        )
-        if cutoff is not None:
-            query = query.where(Certificate.not_after >= cutoff)
-        for issuer_id, entry in session.connection().execute(query).all():
-            if issuer_id in authority_ids:
-                by_issuer.setdefault(issuer_id, []).append(entry)
+    for issuer_id, not_after, entry in session.connection().execute(query).all():
+        last = previous.get(issuer_id)
+        if last is not None and _as_utc(not_after) < min(last.this_update, now):
+            continue
+        by_issuer.setdefault(issuer_id, []).append(entry)
     return by_issuer
+
+
+def _as_utc(moment: datetime) -> datetime:
+    """Core queries bypass the ORM type's conversion on some backends: naive means UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def new_revocation(
@@ -128,8 +258,10 @@ def new_revocation(
     )
 
 
-def _published_numbers(path: Path) -> dict[bytes, int]:
-    """CRL numbers in the published file, by the issuing CA's key identifier."""
+def _published_numbers(path: Path, signers: list[x509.Certificate]) -> dict[bytes, int]:
+    """CRL numbers in the published file, by the issuing CA's key identifier, counting only
+    CRLs that one of `signers` signed: a forged CRL with a huge number must not stop us from
+    ever replacing the file."""
     try:
         crls = load_crls(path.read_bytes())
     except (OSError, InvalidInput):
@@ -137,8 +269,12 @@ def _published_numbers(path: Path) -> dict[bytes, int]:
     numbers: dict[bytes, int] = {}
     for crl in crls:
         key_id, number = authority_key_id(crl), crl_number(crl)
-        if key_id is not None and number is not None:
-            numbers[key_id] = max(number, numbers.get(key_id, 0))
+        if key_id is None or number is None:
+            continue
+        if not any(is_crl_signed_by(crl, signer) for signer in signers):
+            logger.warning("%s holds a CRL that this CA did not sign: it will be replaced", path)
+            continue
+        numbers[key_id] = max(number, numbers.get(key_id, 0))
     return numbers
 
 
@@ -155,7 +291,7 @@ def write_crl_file(path: Path, crls: list[PublishedCrl]) -> bool:
     lacks a revocation. Returns whether the file was written.
     """
     with _exclusive(path.with_name(".crl.lock")):
-        published = _published_numbers(path)
+        published = _published_numbers(path, [crl.ca_certificate for crl in crls])
         if any(published.get(crl.key_id, 0) > crl.number for crl in crls):
             return False
         files = OutputFiles()

@@ -148,6 +148,7 @@ def issue_leaf(
                 audit.append_record(
                     session, now=now, action="renew" if request.renews_id else "issue",
                     target_serial=leaf_facts.serial, target_name=request.name, details=details,
+                    signer=issuer,
                 )
         except BaseException:
             files.abandon()

@@ -1,5 +1,6 @@
 """Revoking certificates, offboarding a teammate, and republishing CRLs."""
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -9,10 +10,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mcp_pki.errors import Ambiguous, Conflict, InvalidInput, NotFound
-from mcp_pki.pki.crl import RevocationReason
+from mcp_pki.pki.crl import RevocationReason, entry_serial, load_crls, revoked_entries
 from mcp_pki.pki.profiles import Issuer
 from mcp_pki.services import audit
-from mcp_pki.services.authority import PassphraseSource, unlock_all
+from mcp_pki.services.authority import PassphraseSource, signing_chain, unlock_all
 from mcp_pki.services.crls import (
     PublishedCrl,
     crl_bundle,
@@ -20,11 +21,13 @@ from mcp_pki.services.crls import (
     publish_crls,
     write_crl_file,
 )
-from mcp_pki.services.files import OutputFiles
+from mcp_pki.services.files import FilesNotWritten, OutputFiles
 from mcp_pki.services.home import Home
 from mcp_pki.services.inventory import resolve_ref
 from mcp_pki.store.db import open_inventory, read_session, write_session
 from mcp_pki.store.models import Certificate, Revocation
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,7 @@ def _change_and_publish(
                 session, now=now, action=done.action, target_serial=done.target_serial,
                 target_name=done.target_name,
                 details={**done.details, "crl_numbers": [c.number for c in crls]},
+                signer=issuers[signing_chain(session).signer.id],
             )
         for path, data in (extra_outputs(crls) if extra_outputs else {}).items():
             files.add(path, data)
@@ -92,9 +96,19 @@ def _change_and_publish(
         raise
     finally:
         engine.dispose()
-    written = files.write()
-    if write_crl_file(home.crl_file, crls):
-        written.insert(0, home.crl_file)
+    # The change is committed: a file that cannot be written now must not read as if nothing
+    # happened, or a retry would find the revocation done and crl.pem still without it.
+    try:
+        written = files.write()
+        if write_crl_file(home.crl_file, crls):
+            written.insert(0, home.crl_file)
+    except (FilesNotWritten, OSError) as exc:
+        what = {"revoke": "revocation", "offboard": "revocations"}.get(done.action, "new CRLs")
+        reason = str(exc).removeprefix("cannot write ") if isinstance(exc, FilesNotWritten) else exc.strerror
+        raise FilesNotWritten(
+            f"{what} recorded in the inventory; {home.crl_file.name} not written ({reason}): "
+            f"fix that, then run 'mcp-pki crl'"
+        ) from None
     return RevocationResult(done.revoked, crls, written)
 
 
@@ -116,6 +130,8 @@ def revoke_certificate(
     def prepare(session: Session) -> None:
         targets = _revocation_targets(session, ref, now=now, all_of_name=all_of_name)
         for target in targets:
+            if target.revocation is not None and target.not_after > now and not _published(home, target):
+                raise _RepublishInstead(target.serial, target.name)
             _refuse_revoked(target)  # before asking for the passphrase
         target_ids.extend(t.id for t in targets)
 
@@ -132,7 +148,32 @@ def revoke_certificate(
         first = revoked[0]
         return _Change(revoked, "revoke", details, first.serial, first.name)
 
-    return _change_and_publish(home, passphrase=passphrase, now=now, change=change, prepare=prepare)
+    try:
+        return _change_and_publish(home, passphrase=passphrase, now=now, change=change, prepare=prepare)
+    except _RepublishInstead as pending:
+        # Revoked earlier, but crl.pem could not be written then: the retry that the error
+        # message suggested publishes it instead of saying "already revoked".
+        logger.warning(
+            "certificate %s (%s) was already revoked, but %s lacked it: republishing",
+            pending.serial, pending.name, home.crl_file.name,
+        )
+        return republish(home, passphrase=passphrase, now=now)
+
+
+class _RepublishInstead(Exception):
+    def __init__(self, serial: str, name: str) -> None:
+        super().__init__(serial)
+        self.serial, self.name = serial, name
+
+
+def _published(home: Home, certificate: Certificate) -> bool:
+    """Whether crl.pem lists the revoked `certificate` (or it has since expired off it)."""
+    try:
+        crls = load_crls(home.crl_file.read_bytes())
+    except (OSError, InvalidInput):
+        return False
+    serial = int(certificate.serial, 16)
+    return any(entry_serial(e) == serial for crl in crls for e in revoked_entries(crl))
 
 
 def _revocation_targets(session: Session, ref: str, *, now: datetime, all_of_name: bool) -> list[Certificate]:

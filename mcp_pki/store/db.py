@@ -45,7 +45,7 @@ def open_inventory(url: str, *, create: bool = False) -> Engine:
     if is_sqlite:
         _configure_sqlite(engine)
     try:
-        _ensure_schema(engine, display=parsed.render_as_string(hide_password=True))
+        _ensure_schema(engine, display=parsed.render_as_string(hide_password=True), create=create)
         if is_sqlite:
             _use_wal(engine)
     except BaseException as exc:
@@ -133,7 +133,7 @@ def _configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
-def _ensure_schema(engine: Engine, *, display: str) -> None:
+def _ensure_schema(engine: Engine, *, display: str, create: bool) -> None:
     with engine.connect() as connection:
         tables = set(_table_names(connection))
         revision = None
@@ -143,6 +143,10 @@ def _ensure_schema(engine: Engine, *, display: str) -> None:
         return
     if tables and revision is None:
         raise InventoryError(f"{display} is not an mcp-pki inventory (it holds other tables)")
+    if not tables and not create:
+        # An empty file (truncated, or made by `touch`) or an empty PostgreSQL database: taking
+        # it for a new inventory would publish empty CRLs and call an empty audit log intact.
+        raise InventoryError(f"{display} holds no mcp-pki inventory (the database is empty): run 'mcp-pki init-ca' first")
     from mcp_pki.store.migrate import known_revisions, upgrade  # Alembic only when needed
 
     if revision is not None and not _OUR_TABLES <= tables:
