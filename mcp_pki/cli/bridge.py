@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from mcp_pki.cli.common import Settings, now, pass_settings
+from mcp_pki.cli.terminal import shown
 
 # Warn at start-up when the certificate has less left than this: the host's logs show it.
 EXPIRY_WARNING = timedelta(days=7)
@@ -51,11 +52,11 @@ def bridge(
     prepared = prepare_bridge(settings.home(), url, source, now=started)
     certificate = prepared.certificate
     # Prefixed: a host's log mixes the stderr of all its servers.
-    click.echo(f"mcp-pki bridge: relaying to {url} as {certificate.label}", err=True)
+    click.echo(f"mcp-pki bridge: relaying to {shown(url)} as {shown(certificate.label)}", err=True)
     warnings = list(prepared.warnings)
     if certificate.not_after - started < EXPIRY_WARNING:
         warnings.append(f"the certificate {certificate.label} expires on "
                         f"{certificate.not_after:%Y-%m-%d %H:%M} UTC: renew it")
     for warning in warnings:
-        click.echo(f"mcp-pki bridge: warning: {warning}", err=True)
+        click.echo(f"mcp-pki bridge: warning: {shown(warning)}", err=True)  # may quote a file
     prepared.run(verbose=verbose)

@@ -5,6 +5,7 @@ from pathlib import Path
 import click
 
 from mcp_pki.cli.common import Settings, now, read_file, warn
+from mcp_pki.cli.terminal import shown
 
 
 @click.command()
@@ -62,7 +63,9 @@ def install(bundle: str, folder: str | None, force: bool) -> None:
     done = install_bundle(data, target, force=force, now=now())
     for message in done.warnings:
         warn(message)
-    click.echo(f"installed {done.name} ({done.serial}), valid until {done.not_after}, in {done.folder}", err=True)
+    # The bundle is a file someone sent: its names are shown, never obeyed, by the terminal.
+    click.echo(f"installed {shown(done.name)} ({shown(done.serial)}), valid until {done.not_after}, in {shown(done.folder)}",
+               err=True)
     for skipped in done.skipped:
         click.echo(f"skipped {skipped.target.name}: {skipped.reason}", err=True)
     click.echo("Next, for the MCP host you use:")
