@@ -405,9 +405,18 @@ def _sign_batch(
                     continue
                 session.add(item.row)
                 committed.append(item)
-            for item in committed:
-                chain.append(action="renew" if item.step.renews else "issue", target_serial=item.row.serial,
-                             target_name=item.row.name, details=item.details)
+            for number, item in enumerate(committed, start=1):
+                action = "renew" if item.step.renews else "issue"
+                if number < len(committed):
+                    chain.append(action=action, target_serial=item.row.serial, target_name=item.row.name,
+                                 details=item.details)
+                else:
+                    # The batch's last record goes through the audit module, which signs the
+                    # chain's new head with the issuing CA key (a checkpoint).
+                    audit.append_record(
+                        session, now=now, action=action, target_serial=item.row.serial,
+                        target_name=item.row.name, details=item.details, signer=context.issuer,
+                    )
     except BaseException:
         for item in signed:
             item.files.abandon()
