@@ -260,3 +260,21 @@ def test_duplicate_names_are_each_reported(names: list[str]) -> None:
     with pytest.raises(InvalidInput) as caught:
         parse_roster(text.encode(), source="r", base_dir=Path("."))
     assert str(caught.value).count("duplicate name") == duplicates
+
+
+def test_the_readme_roster_applies_as_pasted(ca: Cli) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Manage the team as a roster", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (ca.cwd / "team.yaml").write_text(example)
+    (ca.cwd / "requests").mkdir()
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "carol")])).sign(key, hashes.SHA256()))
+    (ca.cwd / "requests" / "carol.csr").write_bytes(csr.public_bytes(serialization.Encoding.PEM))
+    plan = json.loads(ca.ok("apply", "team.yaml", "--dry-run", "--json").stdout)
+    assert sorted(a["name"] for a in plan["actions"]) == ["alice", "bob", "carol", "mcp-files"]
+    ca.ok("apply", "team.yaml", "--out-root", "certs")
+    assert verify_with_crls(ca, ca.cwd / "certs" / "mcp-files")
+    assert leaf(ca.cwd / "certs" / "carol").public_key() == key.public_key()
+    assert "nothing to do (4 unchanged)" in ca.ok("apply", "team.yaml", "--out-root", "certs").stderr
