@@ -278,3 +278,51 @@ def test_the_readme_roster_applies_as_pasted(ca: Cli) -> None:
     assert verify_with_crls(ca, ca.cwd / "certs" / "mcp-files")
     assert leaf(ca.cwd / "certs" / "carol").public_key() == key.public_key()
     assert "nothing to do (4 unchanged)" in ca.ok("apply", "team.yaml", "--out-root", "certs").stderr
+
+
+TEAM = [f"member{i}" for i in range(8)]
+CHANGES = st.sampled_from(["same", "roles", "email", "gone"])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(CHANGES, min_size=len(TEAM), max_size=len(TEAM)), st.integers(0, 3), st.booleans())
+def test_the_plan_is_exactly_the_difference_between_roster_and_inventory(
+    ca: Cli, changes: list[str], newcomers: int, prune: bool,
+) -> None:
+    """Planning reads only, so one applied roster serves every example."""
+    from datetime import UTC, datetime, timedelta
+
+    from mcp_pki.services.apply import plan_roster
+    from mcp_pki.services.home import resolve_home
+    from mcp_pki.store.db import open_inventory
+
+    base = [{"name": n, "roles": ["dev"], "email": [f"{n}@example.com"]} for n in TEAM]
+    if not (ca.cwd / "base.yaml").exists():
+        (ca.cwd / "base.yaml").write_text(roster(base))
+        ca.ok("apply", "base.yaml")
+    entries = []
+    for entry, change in zip(base, changes, strict=True):
+        if change == "roles":
+            entry = {**entry, "roles": ["dev", "ops"]}
+        elif change == "email":
+            entry = {**entry, "email": [f"{entry['name']}@other.example"]}
+        if change != "gone":
+            entries.append(entry)
+    entries += [{"name": f"new{i}"} for i in range(newcomers)]
+    parsed = parse_roster(roster(entries).encode(), source="r.yaml", base_dir=ca.cwd)
+    home = resolve_home(str(ca.home), None)
+    engine = open_inventory(home.db_url)
+    try:
+        plan = plan_roster(engine, parsed, out_root=ca.cwd, renew_within=timedelta(days=30), prune=prune,
+                           crl_file=home.crl_file, now=datetime.now(UTC))
+    finally:
+        engine.dispose()
+    expected = (
+        [("replace", n) for n, c in zip(TEAM, changes, strict=True) if c in ("roles", "email")]
+        + [("issue", f"new{i}") for i in range(newcomers)]
+        + [("revoke", n) for n, c in zip(TEAM, changes, strict=True) if c == "gone" and prune]
+    )
+    assert sorted((s.action.value, s.name) for s in plan.steps) == sorted(expected)
+    assert plan.unchanged == changes.count("same")
+    assert sorted(h.name for h in plan.not_in_roster) == ([] if prune else [n for n, c in zip(TEAM, changes,
+                                                                                            strict=True) if c == "gone"])
