@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx2
 from mcp import ClientSession
@@ -66,7 +66,7 @@ class Gateway:
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}/mcp"
 
-    def start(self) -> "Gateway":
+    def start(self) -> Self:
         for _attempt in range(3):  # the free port may be taken between probe and bind
             self.port = free_port()
             argv = [MCP_PKI, "gateway", "--listen", f"127.0.0.1:{self.port}", *self.args]
@@ -99,7 +99,7 @@ class Gateway:
                 raise AssertionError(f"the gateway did not stop within {timeout} s") from None
         return process.returncode
 
-    def __enter__(self) -> "Gateway":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *_exc: object) -> None:
@@ -134,12 +134,16 @@ async def http_session(url: str, **callbacks: Any) -> AsyncIterator[ClientSessio
 
 @asynccontextmanager
 async def stdio_session(env: dict[str, str], **callbacks: Any) -> AsyncIterator[ClientSession]:
+    """The toolbox over stdio, its stderr (a file: the SDK needs a descriptor) discarded."""
     parameters = StdioServerParameters(command=sys.executable, args=[TOOLBOX], env=env)
-    with open(os.devnull, "w") as errlog:
+    errlog = open(os.devnull, "w")  # noqa: ASYNC230, SIM115 - opening /dev/null does not block
+    try:
         async with stdio_client(parameters, errlog=errlog) as (read, write), \
                 ClientSession(read, write, **callbacks) as session:
             await session.initialize()
             yield session
+    finally:
+        errlog.close()
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> float:
@@ -211,6 +215,14 @@ class RawClient:
 
     def call(self, tool: str, **arguments: Any) -> tuple[int, dict[str, Any] | None]:
         return self.request("tools/call", {"name": tool, "arguments": arguments})
+
+    def delete(self) -> int:
+        """End the session (DELETE); the status."""
+        self.connection.request("DELETE", "/mcp", headers={"Mcp-Session-Id": self.session or "",
+                                                           "MCP-Protocol-Version": PROTOCOL_VERSION})
+        response = self.connection.getresponse()
+        response.read()
+        return response.status
 
     def close(self) -> None:
         self.connection.close()

@@ -41,6 +41,8 @@ ENDPOINT = "/mcp"
 PEER_KEY = "mcp_pki.peer"
 SHUTDOWN_GRACE = 2.0  # seconds for open requests at SIGTERM before streams are cut
 METHOD_NOT_FOUND = -32601
+KEEP_ALIVE = 75  # seconds an idle connection stays open, as nginx's default
+DRAIN_LIMIT = 1024 * 1024  # bytes of an oversized body read before answering 413
 
 
 class _PeerProtocol(H11Protocol):
@@ -73,7 +75,7 @@ class GatewayApp:
 
     def __init__(self, sessions: SessionManager, revocation: LiveRevocation, body_limit: int,
                  now: Callable[[], datetime]) -> None:
-        self.sessions, self.revocation, self.now = sessions, revocation, now
+        self.sessions, self.revocation, self.now, self.body_limit = sessions, revocation, now, body_limit
         self._limited = RequestBodyLimitMiddleware(self._session, body_limit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -94,6 +96,13 @@ class GatewayApp:
         if scope["path"].rstrip("/") != ENDPOINT:
             await error_response(f"Not Found: the MCP endpoint is {ENDPOINT}", 404)(scope, receive, send)
             return
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.body_limit:
+            # Read what was sent (up to a bound) before answering: closing a TLS connection
+            # with unread data makes the kernel reset it, and the client never sees the 413.
+            await _drain(receive, DRAIN_LIMIT)
+            await error_response("Request body too large", 413)(scope, receive, send)
+            return
         await self._limited(scope, receive, send)
 
     async def _session(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -103,6 +112,15 @@ class GatewayApp:
             await _modern_refusal(scope, receive, send, version)
             return
         await self.sessions.handle(peer, scope, receive, send)
+
+
+async def _drain(receive: Receive, limit: int) -> None:
+    read = 0
+    while read <= limit:
+        message = await receive()
+        read += len(message.get("body", b""))
+        if message.get("type") != "http.request" or not message.get("more_body"):
+            return
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -189,6 +207,9 @@ async def serve(app: GatewayApp, sock: socket.socket, context: ssl.SSLContext, w
         app, http=_PeerProtocol, lifespan="off", log_level="warning", access_log=False,
         ssl_context_factory=lambda _config, _default: context,
         timeout_graceful_shutdown=int(SHUTDOWN_GRACE), server_header=False,
+        # MCP clients pause between calls far longer than uvicorn's 5 s default; a new TLS
+        # handshake per call would cost more than the call.
+        timeout_keep_alive=KEEP_ALIVE,
     )
     server = _Server(config, sessions)
     async with anyio.create_task_group() as tasks:

@@ -55,6 +55,9 @@ logger = logging.getLogger("mcp_pki.gateway")
 
 NOT_ALLOWED = -32003  # implementation-defined server error: the policy refuses the call
 UPSTREAM_GONE = -32000
+# After answering what waits on a lost upstream, before the session's streams close: the
+# transport writes each answer to its event stream in a task of its own.
+SETTLE_SECONDS = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,9 +244,13 @@ class SessionManager:
         finally:
             self._tasks = None
 
+    def _forget(self, session: Session, reason: str) -> None:
+        self.sessions.pop(session.id, None)
+        session.end(reason)
+
     def end_all(self, reason: str) -> None:
         for session in list(self.sessions.values()):
-            session.end(reason)
+            self._forget(session, reason)
 
     def end_where(self, condition: Callable[[Session], str | None]) -> int:
         """End the sessions for which `condition` gives a reason; how many were ended."""
@@ -251,7 +258,7 @@ class SessionManager:
         for session in list(self.sessions.values()):
             reason = condition(session)
             if reason is not None:
-                session.end(reason)
+                self._forget(session, reason)
                 ended += 1
         return ended
 
@@ -267,6 +274,10 @@ class SessionManager:
                 await error_response("Session not found", 404)(scope, receive, send)
                 return
             await session.transport.handle_request(scope, receive, send)
+            if session.transport.is_terminated:
+                # The client ended it (DELETE): its id answers 404 and frees its place at once,
+                # while its process stops in the background.
+                self._forget(session, "the client ended it")
             return
         if scope.get("method") != "POST":
             await error_response("Bad Request: no session; open one with initialize", 400)(scope, receive, send)
@@ -284,7 +295,7 @@ class SessionManager:
         await self._tasks.start(self._serve, session)
         await transport.handle_request(scope, receive, send)
         if transport.is_terminated and session.id in self.sessions:
-            session.end("the opening request failed")
+            self._forget(session, "the opening request failed")
 
     async def _serve(self, session: Session, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         transport = session.transport
@@ -293,16 +304,21 @@ class SessionManager:
             try:
                 async with transport.connect() as (client, to_client):
                     task_status.started()
-                    await self._relay(session, relay, client, to_client)
+                    try:
+                        await self._relay(session, relay, client, to_client)
+                    finally:
+                        # Terminated inside `connect`, so that the transport knows its streams
+                        # close on purpose (and its id answers 404 from now on).
+                        self.sessions.pop(session.id, None)
+                        with anyio.CancelScope(shield=True):
+                            if not transport.is_terminated:
+                                await transport.terminate()
             except Exception:
                 # One session's failure is its own: the gateway and the other sessions go on.
                 logger.exception("%s failed", session.label)
                 session.ended_because = session.ended_because or "it failed (a bug: see the traceback above)"
             finally:
                 self.sessions.pop(session.id, None)
-                with anyio.CancelScope(shield=True):
-                    if not transport.is_terminated:
-                        await transport.terminate()
                 logger.info("closed %s: %s", session.label, session.ended_because or "the client ended it")
 
     async def _relay(self, session: Session, relay: Relay, client: AsyncIterator[SessionMessage | Exception],
@@ -316,12 +332,14 @@ class SessionManager:
                         async def upstream_side() -> None:
                             await relay.from_upstream(upstream, to_client)
                             # The upstream is gone: answer what waits, then end the session.
-                            reason = upstream.why_gone()
+                            reason = await upstream.why_gone()
                             tail = getattr(upstream, "stderr_tail", None)
                             logger.error("%s: %s%s", session.label, reason,
                                          f"; its stderr ended with: {' | '.join(tail)}" if tail else "")
                             session.ended_because = reason
+                            self.sessions.pop(session.id, None)  # new requests: 404
                             await relay.fail_pending(to_client, reason)
+                            await anyio.sleep(SETTLE_SECONDS)
                             tasks.cancel_scope.cancel()
 
                         tasks.start_soon(upstream_side)
@@ -331,12 +349,14 @@ class SessionManager:
                 reason = str(exc)
                 logger.error("%s: %s", session.label, reason)
                 session.ended_because = reason
+                self.sessions.pop(session.id, None)
                 # Answer the opening request (and any other) with the reason, briefly.
                 with anyio.move_on_after(1.0):
                     async for item in client:
                         if isinstance(item, SessionMessage) and isinstance(item.message, JSONRPCRequest):
                             relay._track(item.message)
                             await relay.fail_pending(to_client, reason)
+                            await anyio.sleep(SETTLE_SECONDS)
                             break
         if idle.cancelled_caught:
             session.ended_because = f"idle for {self.idle_seconds:g} s"

@@ -5,6 +5,7 @@ under which policy before the first client arrives.
 """
 
 import logging
+import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -88,6 +89,7 @@ class PreparedGateway:
     revocation: LiveRevocation
     policy: PolicyFile
     calllog: CallLog
+    sock: "socket.socket"
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -104,10 +106,10 @@ class PreparedGateway:
         """Serve until SIGTERM/SIGINT (return) or a failure to listen (`GatewayError`)."""
         import anyio
 
-        from mcp_pki.gateway.server import GatewayApp, Watchers, bind, serve, utc_now
+        from mcp_pki.gateway.server import GatewayApp, Watchers, serve, utc_now
         from mcp_pki.gateway.sessions import SessionManager
 
-        sock = bind(self.host, self.port)
+        sock = self.sock
         manager = SessionManager(
             upstream=self._upstream_factory(), permissions=self.policy.permissions, calllog=self.calllog,
             max_sessions=self.options.max_sessions, idle_seconds=self.options.session_idle,
@@ -149,7 +151,7 @@ def identity_headers(peer: "Peer") -> Mapping[str, str]:
 def parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise GatewayError(f"invalid --listen {text!r}: give HOST:PORT, e.g. {DEFAULT_LISTEN}")
     return host, int(port)
 
@@ -185,11 +187,15 @@ def prepare_gateway(home: Home, tls_options: TlsOptions, options: GatewayOptions
     elif revocation.current is not None and revocation.current.is_stale(now):
         warnings.append(f"the CRL in {files.crl_file} has expired: publish a new one (mcp-pki crl)")
     policy = PolicyFile(options.policy_file)
+    from mcp_pki.gateway.server import bind
+
+    sock = bind(host, port)  # last: every check that can fail has passed
     try:
         calllog = CallLog(options.audit_log)
     except InvalidInput as exc:
+        sock.close()
         raise GatewayError(str(exc)) from None
-    return PreparedGateway(options, tls, host, port, revocation, policy, calllog, warnings)
+    return PreparedGateway(options, tls, host, port, revocation, policy, calllog, sock, warnings)
 
 
 def configure_logging(verbose: bool) -> None:

@@ -45,7 +45,7 @@ class Upstream(Protocol):
 
     def messages(self) -> AsyncIterator[JSONRPCMessage]: ...
 
-    def why_gone(self) -> str: ...
+    async def why_gone(self) -> str: ...
 
 
 class StdioUpstream:
@@ -82,7 +82,10 @@ class StdioUpstream:
             except ValidationError:
                 logger.warning("%s: ignored a line from the server that is not JSON-RPC", self.label)
 
-    def why_gone(self) -> str:
+    async def why_gone(self) -> str:
+        # Its stdout closes as it dies: the exit status follows in a moment.
+        with anyio.move_on_after(EXIT_WAIT):
+            await self.process.wait()
         code = self.process.returncode
         how = "exited" if code is None else (
             f"was killed by signal {-code}" if code < 0 else f"exited with code {code}")
@@ -171,7 +174,7 @@ class HttpUpstream:
             self._routing.learn_from_server_message(item.message)
             yield item.message
 
-    def why_gone(self) -> str:
+    async def why_gone(self) -> str:
         return self._reason
 
 

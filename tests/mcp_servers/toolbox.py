@@ -62,6 +62,13 @@ def pid() -> int:
     return os.getpid()
 
 
+@server.tool()
+def crash() -> str:
+    """Says goodbye on stderr and dies without answering: the gateway must answer instead."""
+    print("toolbox: about to crash", file=sys.stderr, flush=True)
+    os._exit(3)
+
+
 @server.resource("db://tables")
 def tables() -> str:
     return "users,orders"
