@@ -13,7 +13,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tests.test_snippet_hosts import _initialize
+from tests.conftest import VENV_BIN
+from tests.test_snippet_hosts import _commented_json, _initialize
 from tests.test_snippet_mcp import McpSetup, Server, setup, start_python_server, url
 
 __all__ = ["setup"]  # a fixture, shared with test_snippet_mcp
@@ -127,3 +128,41 @@ def test_claude_code_http_leaves_a_settings_file_it_cannot_read_alone(setup: Mcp
     assert result.returncode == 1 and result.stderr.startswith("Error: ") and "not JSON" in result.stderr
     assert settings.read_text() == "{ not json"
     assert not (home / ".claude.json").exists() or "mcpServers" not in (home / ".claude.json").read_text()
+
+
+def _teammate_home(tmp_path: Path, setup: McpSetup, who: str, server: str) -> Path:
+    """A teammate's HOME holding their certificate where portable entries look for it."""
+    home = tmp_path / who
+    (home / ".mcp-pki" / server).mkdir(parents=True)
+    (home / ".claude").mkdir()
+    # The teammate trusts the project's .mcp.json (what answering Claude Code's prompt records).
+    (home / ".claude" / "settings.json").write_text(json.dumps({"enableAllProjectMcpServers": True}))
+    return home
+
+
+def test_a_portable_mcp_json_works_for_every_teammate_in_claude_code(
+    setup: McpSetup, remote: Server, tmp_path: Path,
+) -> None:
+    script = _script(setup, "claude-code", "alice", remote.port, "--var", "portable=true")
+    project = tmp_path / "project"
+    project.mkdir()
+    shared = _commented_json(script.read_text())
+    (project / ".mcp.json").write_text(json.dumps(shared))  # committed once, for everyone
+    assert str(setup.alice) not in script.read_text() and str(setup.ca.home) not in script.read_text()
+
+    setup.ca.ok("issue", "client", "carol")
+    for who, folder in (("alice", setup.alice), ("carol", setup.ca.cwd / "carol")):
+        home = _teammate_home(tmp_path, setup, who, "mcp-server")
+        for name in ("tls.crt", "tls.key", "ca.crt"):
+            (home / ".mcp-pki" / "mcp-server" / name).write_bytes((folder / name).read_bytes())
+        env = {**_env(home), "PATH": f"{CLAUDE_BIN}:{VENV_BIN}:/usr/bin:/bin"}
+        got = subprocess.run(["claude", "mcp", "get", "mcp-server"], capture_output=True, text=True, cwd=project,
+                             timeout=CLI_TIMEOUT, env=env, check=False)
+        assert "Project config" in got.stdout and "Connected" in got.stdout, (who, got.stdout + got.stderr)
+
+    # The script itself adds the same portable entry for one user.
+    home = _teammate_home(tmp_path, setup, "dave", "mcp-server")
+    added = _run(["sh", str(script)], home)
+    assert added.returncode == 0, added.stdout + added.stderr
+    assert json.loads((home / ".claude.json").read_text())["mcpServers"]["mcp-server"]["args"][3] == (
+        "${HOME}/.mcp-pki/mcp-server/tls.crt")

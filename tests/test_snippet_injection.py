@@ -520,7 +520,7 @@ def variables_of(values: dict[str, str]) -> dict[str, str]:
         "url": values["url"], "upstream": values["upstream"], "bind": values["bind"], "port": values["port"],
         "reload": values["reload"], "passphrase_file": values["passphrase_file"], "namespace": values["namespace"],
         "secret": values["secret"], "name": values["entry"], "command": values["command"],
-        "args": shlex.join([values["arg1"], values["arg2"]]),
+        "args": shlex.join([values["arg1"], values["arg2"]]), "portable": "false",
     }
 
 

@@ -3,6 +3,9 @@ bundle`` on the CA's, ``install`` back on theirs, then a real MCP session over m
 
 import io
 import json
+import os
+import re
+import shutil
 import stat
 import tarfile
 from pathlib import Path
@@ -12,7 +15,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tests.conftest import Cli, Snapshot, assert_clean_error, tree
+from tests.conftest import VENV_BIN, Cli, Snapshot, assert_clean_error, tree
 from tests.test_snippet_hosts import _initialize, launch_entry
 from tests.test_snippet_mcp import McpSetup, setup, start_python_server, url
 
@@ -224,3 +227,41 @@ def test_snippet_all_renders_what_it_can_and_says_what_it_skipped(ca: Cli) -> No
     assert_clean_error(ca("snippet", "--all", "carol", "--out", "x", "--var", "ulr=https://f.example.com/mcp"),
                        "no client target has variable ulr")
     before.assert_unchanged()
+
+
+def _expand_vscode(value: str, home: Path) -> str:
+    """VS Code's and Cursor's variable substitution in mcp.json: ${userHome}, ${env:NAME}."""
+    value = value.replace("${userHome}", str(home))
+    return re.sub(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}", lambda m: os.environ.get(m[1], ""), value)
+
+
+@pytest.mark.parametrize("target", ["vscode", "cursor"])
+def test_a_portable_project_file_works_for_every_teammate(setup: McpSetup, tmp_path: Path, target: str) -> None:
+    server = start_python_server(setup)
+    try:
+        setup.ca.ok("issue", "client", "carol")
+        text = setup.ca.ok("snippet", target, "alice", "--var", f"url={url(server.port)}",
+                           "--var", "portable=true").stdout
+        assert str(setup.alice) not in text and str(setup.ca.home) not in text  # no one's own paths
+        entry = launch_entry(target, text)
+        assert entry["command"] == "mcp-pki" and entry["env"] == {}
+        for who, folder in (("alice", setup.alice), ("carol", setup.ca.cwd / "carol")):
+            home = tmp_path / who
+            (home / ".mcp-pki" / "mcp-server").mkdir(parents=True)
+            for name in ("tls.crt", "tls.key", "ca.crt"):
+                (home / ".mcp-pki" / "mcp-server" / name).write_bytes((folder / name).read_bytes())
+            # As the host launches it: variables substituted, mcp-pki found on PATH.
+            expanded = {**entry, "command": shutil.which("mcp-pki", path=str(VENV_BIN)),
+                        "args": [_expand_vscode(a, home) for a in entry["args"]]}
+            with open(tmp_path / f"{who}.stderr", "w") as log:
+                assert anyio.run(_initialize, expanded, home, log) == ("srv", {"echo"}), who
+    finally:
+        server.stop()
+
+
+def test_portable_takes_true_or_false_and_only_where_a_file_is_shared(ca: Cli) -> None:
+    ca.ok("issue", "client", "carol")
+    assert_clean_error(ca("snippet", "vscode", "carol", "--var", "url=https://f.example.com/mcp", "--var", "portable=yes"),
+                       "must be true or false")
+    assert_clean_error(ca("snippet", "claude-desktop", "carol", "--var", "url=https://f.example.com/mcp",
+                          "--var", "portable=true"), "has no variable portable")

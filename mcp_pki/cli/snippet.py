@@ -51,6 +51,7 @@ def snippet(
     home = settings.home()
     if all_ref is None:
         rendered = render_one(home, target or "", ref or "", folder=folder, variables=parsed, now=now())
+        _portable_note(parsed)
         (one,) = rendered.snippets
         click.echo(f"# {one.target.name}: {one.target.usage}", err=True)
         for message in rendered.warnings:
@@ -61,6 +62,7 @@ def snippet(
         contents = {Path(out): one.text}
     else:
         rendered = render_all(home, all_ref, folder=folder, variables=parsed, now=now())
+        _portable_note(parsed)
         for message in rendered.warnings:
             warn(message)
         bundle = Path(out or ".")
@@ -74,6 +76,12 @@ def snippet(
         files.add(path, text.encode("utf-8"), mode=0o755 if path.suffix in (".sh", ".py", ".mjs") else 0o644)
     for path in files.write(replace=force):
         click.echo(f"wrote {path}", err=True)
+
+
+def _portable_note(variables: dict[str, str]) -> None:
+    if variables.get("portable") == "true":
+        click.echo("# portable: every teammate keeps tls.crt, tls.key and ca.crt in ~/.mcp-pki/SERVER/ "
+                   "('request --out' and 'install --dir' there) and has mcp-pki on PATH", err=True)
 
 
 def _print_targets() -> None:

@@ -112,6 +112,10 @@ def check_value(variable: Variable, value: str) -> str:
         return checks.check_k8s_name(value, what)
     if variable.kind == "server-name":
         return checks.check_server_name(value, what)
+    if variable.kind == "flag":
+        if value not in ("true", "false"):
+            raise InvalidInput(f"{what}={value!r}: must be true or false")
+        return value
     assert variable.kind == "text", variable.kind
     return value
 

@@ -19,7 +19,8 @@ class Variable:
     default: str | None = None  # None: the user must give it with --var
     # What a value must be, checked before rendering (see render.check_value): text, port,
     # address (an IP, or empty where the default is empty), https-url, upstream (http://HOST:PORT),
-    # path (absolute), k8s-label, k8s-name, server-name. No kind admits a control character.
+    # path (absolute), k8s-label, k8s-name, server-name, flag (true or false). No kind admits a
+    # control character.
     kind: str = "text"
 
     @property
@@ -159,10 +160,19 @@ _HOST_VARIABLES = (
 )
 
 
-def _host(name: str, template: str, host: str, usage: str, syntax: str = "json") -> Target:
+# A project file (.mcp.json, .vscode/mcp.json, .cursor/mcp.json) is committed and shared, so it
+# cannot hold one person's paths: portable entries name the files through the host's own
+# variables, in a per-user folder named after the server, ~/.mcp-pki/SERVER/.
+_PORTABLE = Variable(
+    "portable", "true: paths in ~/.mcp-pki/SERVER through the host's variables, for a file every teammate "
+    "shares", "false", kind="flag",
+)
+
+
+def _host(name: str, template: str, host: str, usage: str, syntax: str = "json", *, shared: bool = False) -> Target:
     return Target(
         name, template, CLIENT, f"{host}: an MCP server entry that runs mcp-pki bridge with this certificate",
-        usage, syntax, _HOST_VARIABLES,
+        usage, syntax, _HOST_VARIABLES + ((_PORTABLE,) if shared else ()),
     )
 
 
@@ -176,7 +186,7 @@ HOST_TARGETS = (
         "claude-code", "claude-code.sh.j2", "Claude Code",
         "run it (claude mcp add --scope user), or copy the .mcp.json entry in its comments into a "
         "project's .mcp.json; the same on macOS, Linux and Windows",
-        "sh",
+        "sh", shared=True,
     ),
     Target(
         "claude-code-http", "claude-code-http.sh.j2", CLIENT,
@@ -191,11 +201,12 @@ HOST_TARGETS = (
         "vscode", "vscode-mcp.json.j2", "VS Code",
         "merge into .vscode/mcp.json in the workspace, or the user mcp.json: macOS "
         "~/Library/Application Support/Code/User/, Windows %APPDATA%\\Code\\User\\, Linux ~/.config/Code/User/",
+        shared=True,
     ),
     _host(
         "cursor", "cursor-mcp.json.j2", "Cursor",
         "merge into .cursor/mcp.json in the project, or ~/.cursor/mcp.json "
-        "(Windows %USERPROFILE%\\.cursor\\mcp.json) for every project",
+        "(Windows %USERPROFILE%\\.cursor\\mcp.json) for every project", shared=True,
     ),
     _host(
         "windsurf", "windsurf-mcp_config.json.j2", "Windsurf",
