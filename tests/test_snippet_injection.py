@@ -14,6 +14,7 @@ import ast
 import json
 import re
 import shlex
+import shutil
 import string
 import subprocess
 from collections.abc import Callable
@@ -548,6 +549,12 @@ def assert_same_meaning(target_name: str, hostile: dict[str, str], tmp_path: Pat
         assert structure(target.syntax, hostile_text, verbatim=hostile["reload"]) == expected, hostile_text
         if target.syntax == "sh":
             sh_accepts(hostile_text, tmp_path)
+        if target.syntax == "javascript" and shutil.which("node"):
+            script = tmp_path / "rendered.mjs"
+            script.write_text(hostile_text, encoding="utf-8")
+            checked = subprocess.run(["node", "--check", str(script)], capture_output=True, text=True, timeout=30,
+                                     check=False)
+            assert checked.returncode == 0, checked.stderr
 
 
 # ---------------------------------------------------------------------- hostile value makers
