@@ -418,6 +418,14 @@ def _exec_words(words: tuple[str, ...], verbatim: str, substitution: Substitutio
     return tuple(map(subst, words))
 
 
+def _unit_structure(text: str, verbatim: str, substitution: Substitution | None) -> list[Any]:
+    return [
+        (section, key, _exec_words(value, verbatim, substitution) if isinstance(value, tuple)
+         else substitution.text(value) if substitution else value)
+        for section, key, value in systemd_unit(text)
+    ]
+
+
 def _shell_structure(text: str, verbatim: str, substitution: Substitution | None) -> list[Any]:
     """Shell tokens with here-documents parsed by what they hold (systemd units, Python)."""
     structure: list[Any] = []
@@ -425,11 +433,7 @@ def _shell_structure(text: str, verbatim: str, substitution: Substitution | None
         if isinstance(token, tuple) and token and token[0] == "heredoc":
             _, delimiter, body = token
             if delimiter == "UNIT":
-                structure.append([
-                    (section, key, _exec_words(value, verbatim, substitution) if isinstance(value, tuple)
-                     else substitution.text(value) if substitution else value)
-                    for section, key, value in systemd_unit(body)
-                ])
+                structure.append(_unit_structure(body, verbatim, substitution))
             elif delimiter == "PY":
                 module = ast.parse(body)
                 structure.append(("python", substitution.python(module) if substitution else ast.dump(module)))
@@ -478,6 +482,8 @@ def structure(syntax: str, text: str, substitution: Substitution | None = None, 
         return subst(nginx_tree(text))
     if syntax == "caddy":
         return subst(caddy_lines(text))
+    if syntax == "systemd":
+        return _unit_structure(text, verbatim, substitution)
     if syntax == "sh":
         structure = _shell_structure(text, verbatim, substitution)
         cron = cron_command(text)
@@ -500,7 +506,7 @@ PLAIN = {
     "upstream_host": "127.0.0.9", "upstream_port": "8009", "bind": "127.0.0.8", "port": "8442",
     "reload": "PLAINRELOAD", "passphrase_file": "/PLAINPASS", "command": "/PLAINCMD", "entry": "PLAINENTRY",
     "server_command": "PLAINCOMMAND", "arg1": "PLAINARG1", "arg2": "PLAINARG2",
-    "namespace": "plainns", "secret": "plainsecret",
+    "namespace": "plainns", "secret": "plainsecret", "policy": "/PLAINPOLICY",
 }
 
 
@@ -521,7 +527,7 @@ def variables_of(values: dict[str, str]) -> dict[str, str]:
         "url": values["url"], "upstream": values["upstream"], "bind": values["bind"], "port": values["port"],
         "reload": values["reload"], "passphrase_file": values["passphrase_file"], "namespace": values["namespace"],
         "secret": values["secret"], "name": values["entry"], "command": values["command"],
-        "args": shlex.join([values["arg1"], values["arg2"]]), "portable": "false",
+        "args": shlex.join([values["arg1"], values["arg2"]]), "portable": "false", "policy": values["policy"],
     }
 
 
@@ -583,7 +589,9 @@ def hostile_values(draw: st.DrawFn) -> dict[str, str]:
         "tool": draw(_path), "name": draw(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True)),
         "url": f"https://{url_host}:{draw(_port)}/{draw(_url_path)}",
         "upstream": f"http://{upstream}:{upstream_port}", "upstream_host": upstream, "upstream_port": upstream_port,
-        "bind": draw(st.ip_addresses().map(str)), "port": draw(_port), "reload": draw(_text),
+        # A listening port of 1024 or more: below, a gateway unit adds a capability, by design.
+        "bind": draw(st.ip_addresses().map(str)), "port": draw(st.integers(1024, 65535).map(str)),
+        "reload": draw(_text), "policy": draw(_path),
         "passphrase_file": draw(_path), "command": draw(_path),
         "entry": draw(_text.filter(lambda t: t == t.strip() and not t.startswith("-"))),
         "server_command": draw(_text), "arg1": draw(_text), "arg2": draw(_text),
