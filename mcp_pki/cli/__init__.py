@@ -46,8 +46,35 @@ class _Failure(click.ClickException):
         self.exit_code = exit_code  # type: ignore[misc]  # click declares a class default
 
 
+GLOBAL_OPTIONS = ("--home", "--db", "--passphrase-file")
+
+
+def globals_first(args: list[str]) -> list[str]:
+    """``mcp-pki list --home DIR`` read as ``mcp-pki --home DIR list``: people put the global
+    options after the command too. Nothing after a ``--`` moves (a gateway's own command)."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest.extend(args[i:])
+            break
+        if arg.split("=", 1)[0] in GLOBAL_OPTIONS and rest:
+            taken = 1 if "=" in arg else 2
+            front.extend(args[i:i + taken])
+            i += taken
+            continue
+        rest.append(arg)
+        i += 1
+    return front + rest
+
+
 class PkiGroup(click.Group):
     """The root command group: the one place where errors become ``Error: ...`` lines."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, globals_first(args))
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -11,7 +11,7 @@ KEY_TYPES = ("p256", "p384", "ed25519", "rsa2048", "rsa3072", "rsa4096")
 
 
 @click.command("init-ca")
-@click.option("--name", default="MCP", show_default=True, help="CA name; subjects become '<name> Root CA' and '<name> Issuing CA'.")
+@click.option("--name", default="MCP", show_default=True, help="CA name; subjects become '<name> Root CA' and '<name> Issuing CA' (a trailing 'CA' in the name is not doubled).")
 @click.option("--org", help="Organisation (O) in every subject.")
 @click.option("--key-type", type=click.Choice(KEY_TYPES), default="p256", show_default=True)
 @click.option("--validity", default="10y", show_default=True, help="Root lifetime; the issuing CA gets half of it.")
@@ -51,7 +51,11 @@ def init_ca(
     from mcp_pki.services.authority import CaRequest
     from mcp_pki.services.authority import init_ca as create
 
+    # The subjects add " Root CA" and " Issuing CA": "Example MCP CA" would become
+    # "Example MCP CA Root CA", so a trailing "CA" in the name is dropped first.
     common_name = name.strip()
+    if common_name.upper().endswith(" CA"):
+        common_name = common_name[:-3].rstrip()
     if not common_name or len(common_name) > 50 or not common_name.isprintable():
         raise InvalidInput("invalid --name: 1-50 printable characters")
     if org is not None and (not org.strip() or len(org) > 64 or not org.isprintable()):

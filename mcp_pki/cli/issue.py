@@ -21,7 +21,20 @@ from mcp_pki.cli.terminal import shown, shown_all
 from mcp_pki.timestamps import iso_utc
 
 
-@click.group()
+class _KindGroup(click.Group):
+    """``issue alice`` is a natural first try: say which two commands were meant."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            name = args[0]
+            raise click.UsageError(
+                f"issue takes the kind first: 'mcp-pki issue client {name}' for a teammate or agent, "
+                f"'mcp-pki issue server {name} --dns ...' for an MCP server", ctx,
+            )
+        return super().resolve_command(ctx, args)
+
+
+@click.group(cls=_KindGroup)
 def issue() -> None:
     """Issue a server or client certificate (a new key, or a CSR you were sent)."""
 

@@ -54,7 +54,8 @@ def revoke(
 
 @click.command()
 @click.argument("name")
-@click.option("--reason", metavar="REASON", default="affiliation-changed", show_default=True, help=REASON_HELP)
+@click.option("--reason", metavar="REASON", default="affiliation-changed", show_default=True,
+              help="RFC 5280 reason: " + ", ".join(REASONS) + ".")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_settings
 def offboard(settings: Settings, name: str, reason: str, as_json: bool) -> None:

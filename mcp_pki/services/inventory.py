@@ -68,7 +68,8 @@ def resolve_ref(session: Session, ref: str, *, now: datetime) -> Certificate:
     if by_serial:
         return by_serial[0]
     if not by_name:
-        raise NotFound(f"no certificate matches {ref!r} (give a name or a serial of at least {MIN_SERIAL_PREFIX} hex digits)")
+        raise NotFound(f"no certificate matches {ref!r}{_did_you_mean(session, ref)} "
+                       f"(give a name or a serial of at least {MIN_SERIAL_PREFIX} hex digits)")
     valid = [c for c in by_name if status_of(c, now) is Status.VALID]
     pool = valid or by_name
     kinds = {c.kind for c in pool}
@@ -78,6 +79,15 @@ def resolve_ref(session: Session, ref: str, *, now: datetime) -> Certificate:
             f"give a serial: {_serials(pool)}"
         )
     return pool[0]
+
+
+def _did_you_mean(session: Session, ref: str) -> str:
+    """The closest certificate names to a mistyped one, for the error that names it."""
+    import difflib
+
+    names = session.scalars(select(Certificate.name).distinct())
+    close = difflib.get_close_matches(ref, list(names), n=3, cutoff=0.75)
+    return f": did you mean {' or '.join(repr(n) for n in close)}?" if close else ""
 
 
 def _serials(certificates: list[Certificate]) -> str:

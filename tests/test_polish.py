@@ -1,0 +1,58 @@
+"""Small things a new user trips over: help text, option placement, typos, names."""
+
+import subprocess
+from pathlib import Path
+
+from cryptography import x509
+
+from mcp_pki.cli import globals_first
+from tests.conftest import REPO, Cli, assert_clean_error
+
+
+def test_offboard_help_shows_one_default(ca: Cli) -> None:
+    text = " ".join(ca.ok("offboard", "--help").stdout.split())
+    assert text.count("[default:") == 1 and "[default: affiliation-changed]" in text
+
+
+def test_global_options_work_after_the_command_too(ca: Cli, tmp_path: Path) -> None:
+    ca.ok("issue", "client", "alice")
+    elsewhere = Cli(tmp_path / "no-such-home", ca.cwd)  # its env points at an empty home
+    after = elsewhere.ok("list", "--json", "--home", str(ca.home)).stdout
+    assert '"alice"' in after
+    assert after == elsewhere.ok("--home", str(ca.home), "list", "--json").stdout
+    assert "alice (client)" in elsewhere.ok("show", "alice", f"--home={ca.home}").stdout
+    # Nothing after "--" moves: it is the gateway's own server command.
+    command = ["gateway", "--as", "srv", "--", "server", "--home", "/srv", "--db", "x"]
+    assert globals_first(command) == command
+    assert globals_first(["list", "--db", "sqlite://", "--json"]) == ["--db", "sqlite://", "list", "--json"]
+
+
+def test_a_mistyped_name_gets_a_suggestion(ca: Cli) -> None:
+    ca.ok("issue", "client", "alice")
+    assert_clean_error(ca("show", "alcie"), "no certificate matches 'alcie': did you mean 'alice'?")
+    result = ca("show", "zebra")
+    assert "did you mean" not in result.stderr
+
+
+def test_issue_without_a_kind_says_which_command_was_meant(ca: Cli) -> None:
+    result = ca("issue", "alice")
+    assert result.exit_code == 2
+    assert "'mcp-pki issue client alice'" in result.stderr and "'mcp-pki issue server alice" in result.stderr
+
+
+def test_a_ca_name_ending_in_ca_is_not_doubled(mcp: Cli) -> None:
+    mcp.ok("init-ca", "--name", "Example MCP CA", "--org", "Example")
+    root = x509.load_pem_x509_certificate((mcp.home / "ca.crt").read_bytes())
+    assert root.subject.rfc4514_string() == "CN=Example MCP Root CA,O=Example"
+
+
+def test_the_python_server_and_the_readme_check_the_whole_chain_against_the_crl() -> None:
+    template = (REPO / "templates" / "python-server.py.j2").read_text()
+    readme = (REPO / "README.md").read_text()
+    assert "VERIFY_CRL_CHECK_CHAIN" in template and "VERIFY_CRL_CHECK_LEAF" not in template
+    assert "VERIFY_CRL_CHECK_CHAIN" in readme and "VERIFY_CRL_CHECK_LEAF" not in readme
+
+
+def test_scripts_parse() -> None:
+    for script in ("demo", "test"):
+        subprocess.run(["sh", "-n", str(REPO / "scripts" / script)], check=True, timeout=30)
