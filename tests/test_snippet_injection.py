@@ -547,6 +547,9 @@ def assert_same_meaning(target_name: str, hostile: dict[str, str], tmp_path: Pat
     # nginx's listen: host:port, an IPv6 host in brackets.
     address = f"[{hostile['bind']}]" if ":" in hostile["bind"] else hostile["bind"]
     pairs[f"{PLAIN['bind']}:{PLAIN['port']}"] = f"{address}:{hostile['port']}"
+    # A Host header (Envoy's host_rewrite_literal): host:port, an IPv6 host in brackets.
+    host = f"[{hostile['upstream_host']}]" if ":" in hostile["upstream_host"] else hostile["upstream_host"]
+    pairs[f"{PLAIN['upstream_host']}:{PLAIN['upstream_port']}"] = f"{host}:{hostile['upstream_port']}"
     substitution = Substitution(pairs)
     for kind in target.kinds:
         plain_text = render_target(target_name, PLAIN, kind=kind, local=local)
@@ -582,13 +585,14 @@ _url_path = st.text(alphabet=string.ascii_letters + string.digits + "-._~!$&'()*
 
 @st.composite
 def hostile_values(draw: st.DrawFn) -> dict[str, str]:
-    url_host, upstream = draw(_host), draw(st.ip_addresses(v=4).map(str))
+    url_host, upstream = draw(_host), draw(_host.map(lambda h: h.strip("[]")))
     upstream_port = draw(_port)
     values = {
         "folder": draw(_path), "home": draw(_path), "home_owner": draw(st.from_regex(r"[a-z_][a-z0-9_-]{0,15}", fullmatch=True)),
         "tool": draw(_path), "name": draw(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True)),
         "url": f"https://{url_host}:{draw(_port)}/{draw(_url_path)}",
-        "upstream": f"http://{upstream}:{upstream_port}", "upstream_host": upstream, "upstream_port": upstream_port,
+        "upstream": f"http://[{upstream}]:{upstream_port}" if ":" in upstream else f"http://{upstream}:{upstream_port}",
+        "upstream_host": upstream, "upstream_port": upstream_port,
         # A listening port of 1024 or more: below, a gateway unit adds a capability, by design.
         "bind": draw(st.ip_addresses().map(str)), "port": draw(st.integers(1024, 65535).map(str)),
         "reload": draw(_text), "policy": draw(_path),
@@ -931,3 +935,14 @@ def test_a_control_character_anywhere_is_refused_before_rendering(before: str, c
     for field in ("folder", "home", "home_owner", "tool", "name"):
         with pytest.raises(InvalidInput, match="control character"):
             view_of(dict(PLAIN, **{field: value}), kind="server")
+
+
+def test_envoy_names_an_ipv6_upstream_in_brackets_in_the_host_header(ca: Cli) -> None:
+    issue_server(ca)
+    config = yaml.safe_load(ca.ok("snippet", "envoy", "srv", "--var", "upstream=http://[::1]:8000").stdout)
+    listener = config["static_resources"]["listeners"][0]
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    route = manager["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+    assert route["host_rewrite_literal"] == "[::1]:8000"
+    endpoint = config["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    assert endpoint["endpoint"]["address"]["socket_address"] == {"address": "::1", "port_value": 8000}
