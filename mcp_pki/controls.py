@@ -24,6 +24,8 @@ def is_control(character: str) -> bool:
 
 def first_control(text: str) -> str | None:
     """The first control character in `text`, or None."""
+    if text.isascii() and text.isprintable():
+        return None  # the usual case, answered in C: ASCII controls are all non-printable
     return next((c for c in text if is_control(c)), None)
 
 
