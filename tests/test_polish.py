@@ -56,3 +56,13 @@ def test_the_python_server_and_the_readme_check_the_whole_chain_against_the_crl(
 def test_scripts_parse() -> None:
     for script in ("demo", "test"):
         subprocess.run(["sh", "-n", str(REPO / "scripts" / script)], check=True, timeout=30)
+
+
+def test_status_names_the_home_and_audit_has_a_header_row(ca: Cli) -> None:
+    ca.ok("issue", "client", "alice")
+    status = ca("status")
+    assert status.stdout.splitlines()[0].split() == ["home", str(ca.home)]
+    assert "\x1b[" not in status.stdout  # colour only on a terminal
+    lines = ca.ok("audit").stdout.splitlines()
+    assert lines[0].split() == ["SEQ", "AT", "(UTC)", "OPERATOR", "ACTION", "OUTCOME", "TARGET"]
+    assert lines[1].split()[0] == "1" and "issue" in ca.ok("audit").stdout

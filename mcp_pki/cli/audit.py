@@ -46,6 +46,8 @@ def audit(ctx: click.Context, since: str | None, as_json: bool) -> None:
             for r in records
         ])
         return
+    if records:
+        click.echo(f"{'SEQ':>5}  {'AT (UTC)':20}  {'OPERATOR':12}  {'ACTION':10}  {'OUTCOME':8} TARGET")
     for r in records:
         target = " ".join(t for t in (r.target_name, r.target_serial and f"[{r.target_serial}]") if t)
         # Rows of a database others can write: shown, never obeyed, by the terminal.

@@ -1,5 +1,6 @@
 """``mcp-pki status`` and ``verify``."""
 
+import sys
 
 import click
 
@@ -14,6 +15,8 @@ from mcp_pki.cli.common import (
 )
 from mcp_pki.cli.terminal import shown, shown_all
 from mcp_pki.timestamps import iso_utc
+
+_LEVEL_COLOURS = {"ok": "green", "warning": "yellow", "critical": "red"}
 
 
 @click.command()
@@ -53,13 +56,19 @@ def status(ctx: click.Context, warn_within: str, as_json: bool) -> None:
             "expiring": [c.as_json() for c in report.expiring],
         })
     else:
+        colour = sys.stdout.isatty()  # escape codes only on a terminal, never in a log or pipe
+
+        def level(name: str) -> str:
+            return click.style(name, fg=_LEVEL_COLOURS.get(name.lower())) if colour else name
+
+        click.echo(f"{'home':8} {shown(str(home.path.absolute()))}")
         for a in report.authorities:
             crl = f"CRL #{a.crl_number} until {a.crl_next_update:%Y-%m-%d %H:%M}" if a.crl_next_update else "no CRL"
             click.echo(f"{a.role:8} {shown(a.subject)}: until {a.not_after:%Y-%m-%d}, {crl}")
         click.echo("certificates: " + ", ".join(f"{n} {s}" for s, n in report.counts.items()))
         for finding in report.findings:
-            click.echo(f"{finding.level.name}: {shown(finding.message)}")
-        click.echo(f"status: {report.level.name.lower()}")
+            click.echo(f"{level(finding.level.name)}: {shown(finding.message)}")
+        click.echo(f"status: {level(report.level.name.lower())}")
     ctx.exit(int(report.level))
 
 
