@@ -36,5 +36,9 @@ class PassphraseError(PkiError):
     """The CA passphrase is missing or wrong."""
 
 
+class WrongPassphrase(PassphraseError):
+    """A passphrase was given and the CA key refused it: worth an audit record."""
+
+
 class InventoryError(PkiError):
     """The database is missing, corrupt, not ours, or from a newer version."""

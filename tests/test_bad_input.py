@@ -271,11 +271,16 @@ def test_no_passphrase_warns_loudly_and_stores_plain_keys(mcp: Cli) -> None:
 def test_issue_without_the_right_passphrase_changes_nothing(
     ca: Cli, args: tuple[str, ...], env: dict[str, str | None], fragment: str
 ) -> None:
-    (ca.cwd / "wrong.txt").write_text("wrong horse battery\n")
-    (ca.cwd / "empty.txt").write_text("\n")
-    snap = Snapshot(ca)
+    for name, text in (("wrong.txt", "wrong horse battery\n"), ("empty.txt", "\n")):
+        (ca.cwd / name).write_text(text)
+        (ca.cwd / name).chmod(0o600)  # others would be warned about
+    counts = table_counts(ca.db)
+    home_files = {k: v for k, v in tree(ca.home).items() if not k.startswith("inventory.db")}
     assert_clean_error(ca(*args, env=env), fragment)
-    snap.assert_unchanged()
+    if fragment == "wrong CA passphrase":  # the refusal leaves its audit record, nothing else
+        counts["audit_log"] += 1
+    assert table_counts(ca.db) == counts
+    assert {k: v for k, v in tree(ca.home).items() if not k.startswith("inventory.db")} == home_files
     assert not (ca.cwd / "alice").exists()
 
 

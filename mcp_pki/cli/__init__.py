@@ -31,7 +31,7 @@ from mcp_pki.cli import (
 from mcp_pki.cli.common import Settings
 from mcp_pki.cli.gateway import gateway as gateway_command
 from mcp_pki.cli.terminal import shown
-from mcp_pki.errors import PkiError
+from mcp_pki.errors import PkiError, WrongPassphrase
 
 EXIT_CODES_HELP = """\b
 Exit codes: 0 success; 1 error (one "Error: ..." line on stderr);
@@ -79,10 +79,19 @@ class PkiGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except WrongPassphrase as exc:
+            _record_refused_passphrase(ctx)
+            raise _Failure(str(exc), exc.exit_code) from None
         except PkiError as exc:
             raise _Failure(str(exc), exc.exit_code) from None
         except click.ClickException:
             raise
+        except OSError as exc:
+            # A file or folder the system refuses (unreadable home, a name too long for the
+            # file system, a lock file we cannot open) is the environment, not a bug.
+            if exc.filename is None:
+                raise
+            raise _Failure(f"cannot access {exc.filename}: {exc.strerror or exc}", 1) from None
         except Exception as exc:
             # A database failing underneath us (locked past the busy timeout, disk full) is
             # the environment, not a bug: one line. Everything else keeps its traceback.
@@ -90,6 +99,20 @@ class PkiGroup(click.Group):
                 reason = getattr(exc, "orig", None) or exc
                 raise _Failure(f"database error: {str(reason).splitlines()[0]}", 1) from None
             raise
+
+
+def _record_refused_passphrase(ctx: click.Context) -> None:
+    """Guessing the CA passphrase leaves a trace: an audit record in its own transaction,
+    written after the command's own transaction has rolled back (no secret in it)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from mcp_pki.cli.common import now, settings_of, warn
+    from mcp_pki.services.authority import record_refused_passphrase
+
+    try:
+        record_refused_passphrase(settings_of(ctx).home(), command=ctx.invoked_subcommand, now=now())
+    except (PkiError, OSError, SQLAlchemyError) as exc:  # the refusal itself is what matters
+        warn(f"the refused passphrase could not be recorded in the audit log: {type(exc).__name__}")
 
 
 @click.group(

@@ -61,17 +61,27 @@ def read_secret(
     if file is not None:
         try:
             data = Path(file).read_bytes()
+            mode = Path(file).stat().st_mode
         except OSError as exc:
             raise InvalidInput(f"cannot read passphrase file {file}: {exc.strerror}") from None
+        if mode & 0o077:
+            warn(f"passphrase file {file} is readable by group or others (mode {mode & 0o777:o}): chmod 600 it")
         secret = data.rstrip(b"\r\n")
     elif env in os.environ:
-        secret = os.environ[env].encode("utf-8")
+        # The bytes as the environment holds them: os.environ would give undecodable bytes
+        # as surrogates, which no encoding takes back.
+        secret = os.environb[env.encode()] if os.supports_bytes_environ else os.environ[env].encode("utf-8", "surrogateescape")
     elif sys.stdin.isatty():
         secret = click.prompt(prompt, hide_input=True, confirmation_prompt=confirm, err=True).encode("utf-8")
     else:
         raise PassphraseError(f"{what} needs a passphrase: {hint}")
     if not secret:
         raise PassphraseError(f"empty passphrase for {what}")
+    try:
+        # Text, so that the same passphrase can be typed at a prompt and given to OpenSSL.
+        secret.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PassphraseError(f"the passphrase for {what} is not valid UTF-8 text") from None
     return secret
 
 

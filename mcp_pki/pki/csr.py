@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from mcp_pki.errors import InvalidInput
@@ -35,6 +36,7 @@ def load_csr(data: bytes) -> VerifiedRequest:
         raise InvalidInput("CSR key type refused: use ECDSA, Ed25519 or RSA") from None
     except x509.UnsupportedGeneralNameType:  # pragma: no cover - exotic requests
         raise InvalidInput("CSR uses an unsupported name type") from None
+    _refuse_weak_signature(csr)
     try:
         signature_ok = csr.is_signature_valid
     except (ValueError, TypeError, UnsupportedAlgorithm):
@@ -43,6 +45,19 @@ def load_csr(data: bytes) -> VerifiedRequest:
         raise InvalidInput("CSR signature does not verify: the request was altered or is not self-signed")
     check_public_key_strength(public_key)
     return VerifiedRequest(public_key=public_key, requested_names=_requested_names(csr))
+
+
+def _refuse_weak_signature(csr: x509.CertificateSigningRequest) -> None:
+    """cryptography does not verify SHA-1 or MD5 signatures at all; say so, rather than
+    calling a weakly signed request "altered"."""
+    try:
+        algorithm = csr.signature_hash_algorithm
+    except UnsupportedAlgorithm:
+        return  # an unknown algorithm: the signature check below refuses it
+    if isinstance(algorithm, hashes.SHA1):
+        raise InvalidInput("CSR refused: SHA-1 signatures are refused; sign the request with SHA-256 or better")
+    if isinstance(algorithm, hashes.MD5):
+        raise InvalidInput("CSR refused: MD5 signatures are refused; sign the request with SHA-256 or better")
 
 
 def _requested_names(csr: x509.CertificateSigningRequest) -> tuple[str, ...]:

@@ -7,7 +7,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from mcp_pki.errors import InvalidInput
+from mcp_pki.errors import InvalidInput, InventoryError
 from mcp_pki.pki.keys import describe_public_key
 from mcp_pki.pki.profiles import serial_hex
 
@@ -63,8 +63,14 @@ def load_pem_certificates(data: bytes) -> list[x509.Certificate]:
 
 
 def from_pem(text: str) -> x509.Certificate:
-    """A certificate as the inventory stores it (PEM text)."""
-    return x509.load_pem_x509_certificate(text.encode("ascii"))
+    """A certificate as the inventory stores it (PEM text); a row that is not one is a
+    corrupt inventory, reported as such."""
+    try:
+        return x509.load_pem_x509_certificate(text.encode("ascii"))
+    except ValueError:  # UnicodeEncodeError included
+        raise InventoryError(
+            "the inventory is corrupt: a stored certificate is not a PEM certificate; restore a backup"
+        ) from None
 
 
 def pem(certificate: x509.Certificate) -> str:

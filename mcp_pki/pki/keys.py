@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.ciphers.modes import CBC
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from cryptography.hazmat.primitives.padding import PKCS7
 
-from mcp_pki.errors import InvalidInput, PassphraseError
+from mcp_pki.errors import InvalidInput, PassphraseError, WrongPassphrase
 from mcp_pki.pki import der
 
 # RSA below 2048 bits and curves below P-256 are refused everywhere, including in CSRs.
@@ -152,7 +152,7 @@ def decrypt_private_key(pem: str, passphrase: bytes | None) -> SigningKey:
             pem.encode("ascii"), passphrase if encrypted else None
         )
     except ValueError:
-        raise PassphraseError("wrong CA passphrase") from None
+        raise WrongPassphrase("wrong CA passphrase") from None
     if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)):
         raise PassphraseError("the stored CA key has an unsupported type")
     return key

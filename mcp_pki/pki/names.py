@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from cryptography import x509
 
-from mcp_pki.errors import InvalidInput
+from mcp_pki.errors import InvalidInput, InventoryError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _T = TypeVar("_T")
@@ -173,13 +173,14 @@ class SubjectAltNames:
         by_kind: dict[str, list[str]] = {"DNS": [], "IP": [], "URI": [], "email": []}
         for label in labels:
             kind, _, value = label.partition(":")
+            if kind not in by_kind:
+                raise InventoryError(f"the inventory is corrupt: a stored name {label!r} has no known type")
             by_kind[kind].append(value)
-        return cls(
-            dns=tuple(by_kind["DNS"]),
-            ips=tuple(ipaddress.ip_address(i) for i in by_kind["IP"]),
-            uris=tuple(by_kind["URI"]),
-            emails=tuple(by_kind["email"]),
-        )
+        try:
+            ips = tuple(ipaddress.ip_address(i) for i in by_kind["IP"])
+        except ValueError:
+            raise InventoryError("the inventory is corrupt: a stored IP address does not parse") from None
+        return cls(dns=tuple(by_kind["DNS"]), ips=ips, uris=tuple(by_kind["URI"]), emails=tuple(by_kind["email"]))
 
     def __bool__(self) -> bool:
         return bool(self.dns or self.ips or self.uris or self.emails)

@@ -17,7 +17,7 @@ from mcp_pki.services import audit
 from mcp_pki.services.crls import publish_crls, write_crl_file
 from mcp_pki.services.files import OutputFiles, refuse_existing
 from mcp_pki.services.home import Home
-from mcp_pki.store.db import open_inventory, write_session
+from mcp_pki.store.db import is_memory_database, open_inventory, redacted_url, write_session
 from mcp_pki.store.models import Authority
 
 PassphraseSource = Callable[[], bytes | None]
@@ -61,6 +61,11 @@ def init_ca(home: Home, request: CaRequest, *, now: datetime) -> CreatedCa:
         [home.root_certificate_file, home.crl_file], force=False,
         hint="this home already has a CA (a CA is never replaced; use another --home)",
     )
+    if is_memory_database(home.db_url):
+        raise InvalidInput(
+            "init-ca needs a database that outlives the command: an in-memory SQLite database "
+            "would take the CA keys with it (give a file or a server URL with --db)"
+        )
     name_policy = request.name_policy()  # bad --permit-* values fail before anything exists
     policy = home.policy()  # a bad config.yaml fails here, before the inventory exists
     if policy.crl_validity <= timedelta(0):
@@ -71,7 +76,7 @@ def init_ca(home: Home, request: CaRequest, *, now: datetime) -> CreatedCa:
         output.prepare(home.path)
         with write_session(engine) as session, session.begin():
             if session.scalar(select(Authority.id).limit(1)) is not None:
-                raise Conflict(f"this inventory already has a CA ({home.db_url}): a CA is never replaced")
+                raise Conflict(f"this inventory already has a CA ({redacted_url(home.db_url)}): a CA is never replaced")
             root, issuing, signers = _create_authorities(session, request, name_policy, now=now)
             session.flush()
             # Publish empty CRLs at once: servers configured with ssl_crl need a CRL from
@@ -219,6 +224,20 @@ def unlock(authority: Authority, passphrase: PassphraseSource, *, now: datetime)
     key = keys.decrypt_private_key(authority.encrypted_key_pem, secret)
     certificate = from_pem(authority.certificate_pem)
     return profiles.Issuer(certificate, key)
+
+
+def record_refused_passphrase(home: Home, *, command: str | None, now: datetime) -> None:
+    """An audit record of a passphrase the CA key refused, in a transaction of its own (the
+    command's transaction has rolled back). It names the command, never what was typed."""
+    engine = open_inventory(home.db_url)
+    try:
+        with write_session(engine) as session, session.begin():
+            audit.append_record(
+                session, now=now, action="passphrase-refused",
+                details={"command": command, "reason": "wrong CA passphrase"},
+            )
+    finally:
+        engine.dispose()
 
 
 def open_existing(home: Home) -> Engine:

@@ -10,7 +10,7 @@ from mcp_pki.errors import InvalidInput
 from mcp_pki.render import TARGETS, CertificateView, Target, find_target, render, render_page
 from mcp_pki.render.values import refuse_control_characters
 from mcp_pki.services.home import Home
-from mcp_pki.services.inventory import issuer_chain, resolve_ref
+from mcp_pki.services.inventory import Status, issuer_chain, resolve_ref, status_of
 from mcp_pki.store.db import open_inventory, read_session
 from mcp_pki.store.models import Certificate
 from mcp_pki.timestamps import iso_utc
@@ -33,16 +33,31 @@ def missing_files(view: CertificateView) -> list[str]:
 def certificate_view(home: Home, ref: str, *, folder: str | None, now: datetime) -> CertificateView:
     """The template view of REF. Without `folder`, the files are where ``issue`` wrote them
     and the CRL is the home's own ``crl.pem``; with it, all four live in that folder."""
+    return _certificate_view(home, ref, folder=folder, now=now)[0]
+
+
+def _certificate_view(
+    home: Home, ref: str, *, folder: str | None, now: datetime
+) -> tuple[CertificateView, list[str]]:
+    """The view, and a warning when the certificate is revoked or expired: a configuration
+    for it renders, but no peer will accept it."""
     engine = open_inventory(home.db_url)
     try:
         with read_session(engine) as session, session.begin():
             certificate = resolve_ref(session, ref, now=now)
             chain = issuer_chain(session, certificate.issuer_id)
             intermediates = "".join(a.certificate_pem for a in chain[:-1])
-            return _view(home, certificate, folder, cert_pem=certificate.certificate_pem + intermediates,
+            view = _view(home, certificate, folder, cert_pem=certificate.certificate_pem + intermediates,
                          ca_pem=chain[-1].certificate_pem, ca_key_encrypted=chain[0].key_encrypted)
+            status = status_of(certificate, now)
+            since = certificate.revocation.revoked_at if certificate.revocation else certificate.not_after
     finally:
         engine.dispose()
+    if status is Status.VALID:
+        return view, []
+    warning = (f"certificate {certificate.serial} ({certificate.name}) is {status.value} since "
+               f"{since:%Y-%m-%d %H:%M} UTC: peers will refuse it; issue or renew one first")
+    return view, [warning]
 
 
 def _view(
@@ -114,9 +129,9 @@ class Rendered:
 def render_one(home: Home, target_name: str, ref: str, *, folder: str | None,
                variables: dict[str, str], now: datetime) -> Rendered:
     target = find_target(target_name)
-    view = certificate_view(home, ref, folder=folder, now=now)
+    view, status_warnings = _certificate_view(home, ref, folder=folder, now=now)
     snippet = Snippet(target, render(target, view, variables, overrides=home.templates_dir))
-    return Rendered([snippet], None, _warnings(view, folder))
+    return Rendered([snippet], None, status_warnings + _warnings(view, folder))
 
 
 def _warnings(view: CertificateView, folder: str | None) -> list[str]:
@@ -142,9 +157,9 @@ def render_all(home: Home, ref: str, *, folder: str | None, variables: dict[str,
     A variable no target knows is an error (a typo would otherwise skip targets silently);
     so is a set of variables with which no target renders at all.
     """
-    view = certificate_view(home, ref, folder=folder, now=now)
+    view, status_warnings = _certificate_view(home, ref, folder=folder, now=now)
     snippets, skipped, readme = render_targets(view, variables, overrides=home.templates_dir)
-    warnings = _warnings(view, folder) + [f"skipped {s.target.name}: {s.reason}" for s in skipped]
+    warnings = status_warnings + _warnings(view, folder) + [f"skipped {s.target.name}: {s.reason}" for s in skipped]
     return Rendered(snippets, readme, warnings)
 
 

@@ -1,6 +1,8 @@
 """Opening the inventory: engine set-up, SQLite's write locking, schema migrations."""
 
+import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +31,8 @@ def open_inventory(url: str, *, create: bool = False) -> Engine:
     """
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise InventoryError(f"invalid database URL {url!r}") from None
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise InventoryError(f"invalid database URL {redacted_url(url)!r}") from None
     is_sqlite = parsed.get_backend_name() == "sqlite"
     if is_sqlite and parsed.database and parsed.database != ":memory:":
         path = Path(parsed.database)
@@ -39,7 +41,7 @@ def open_inventory(url: str, *, create: bool = False) -> Engine:
         if create:
             _create_private_file(path)
     try:
-        engine = create_engine(parsed)
+        engine = create_engine(parsed, json_deserializer=_load_json)
     except (NoSuchModuleError, ImportError) as exc:
         raise InventoryError(f"cannot use database {parsed.render_as_string()}: {exc}") from None
     if is_sqlite:
@@ -58,6 +60,34 @@ def open_inventory(url: str, *, create: bool = False) -> Engine:
             ) from None
         raise
     return engine
+
+
+def _load_json(text: str) -> Any:
+    """JSON columns as SQLite hands them back: a row edited into invalid JSON is a corrupt
+    inventory (one clear error), not a JSONDecodeError from deep inside a query."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise InventoryError(
+            "the inventory is corrupt: a row holds invalid JSON (edited by hand?); restore a backup"
+        ) from None
+
+
+def redacted_url(url: str) -> str:
+    """A database URL fit for messages: the password, if any, replaced by ``***``. Works on
+    URLs that SQLAlchemy cannot parse too, which are the ones that end up in errors."""
+    return re.sub(r"(://[^/?#:@]*:)[^/?#]*@", r"\1***@", url)
+
+
+def is_memory_database(url: str) -> bool:
+    """An in-memory SQLite database: gone, with whatever it holds, when the process exits."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return False  # open_inventory says what is wrong with it
+    database = parsed.database or ""
+    in_memory = database in ("", ":memory:") or "mode=memory" in database or parsed.query.get("mode") == "memory"
+    return parsed.get_backend_name() == "sqlite" and in_memory
 
 
 def _create_private_file(path: Path) -> None:

@@ -19,6 +19,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from mcp_pki.errors import InventoryError
+
 
 class UtcDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC in Python, naive UTC in the database.
@@ -41,6 +43,24 @@ class UtcDateTime(TypeDecorator[datetime]):
         return None if value is None else value.replace(tzinfo=UTC)
 
 
+class StringList(TypeDecorator[list[str]]):
+    """A JSON list of strings (SANs, roles), checked when read: a row edited into another
+    shape is reported as a corrupt inventory instead of failing wherever it is used."""
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: list[str] | None, dialect: Dialect) -> list[str] | None:
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> list[str] | None:
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise InventoryError("the inventory is corrupt: a stored list of names or roles is not a list of strings")
+        return value
+
+
 class Base(DeclarativeBase):
     # Named constraints, so that migrations can alter them on SQLite (batch mode) too.
     metadata = MetaData(
@@ -52,7 +72,7 @@ class Base(DeclarativeBase):
             "pk": "pk_%(table_name)s",
         }
     )
-    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UtcDateTime, dict[str, Any]: JSON, list[str]: JSON}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UtcDateTime, dict[str, Any]: JSON, list[str]: StringList}
 
 
 class Authority(Base):
