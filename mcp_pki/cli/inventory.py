@@ -62,7 +62,8 @@ def list_command(
         if first is None:
             click.echo("no certificates", err=True)
             return
-        write = sys.stdout.write
+        lines = _Lines()
+        write = lines.write
         width = 40 if wide else 12
         colour = sys.stdout.isatty()  # never escape codes in a pipe or a file
         write(f"{'SERIAL':{width}}  {'KIND':6}  {'NAME':20}  {'STATUS':10}  {'NOT AFTER':16}  NAMES / ROLES\n")
@@ -75,8 +76,26 @@ def list_command(
                 f"{row.serial[:width]:{width}}  {row.kind:6}  {row.name:20}  {status_text}  "
                 f"{row.not_after:%Y-%m-%d %H:%M}  {extras}\n"
             )
+        lines.flush()
     finally:
         engine.dispose()
+
+
+class _Lines:
+    """Output gathered a thousand lines at a time: one write per line costs a system call
+    each on a terminal, which is line-buffered, and dominates a 100,000-row listing."""
+
+    def __init__(self) -> None:
+        self._pending: list[str] = []
+
+    def write(self, text: str) -> None:
+        self._pending.append(text)
+        if len(self._pending) >= 1000:
+            self.flush()
+
+    def flush(self) -> None:
+        sys.stdout.write("".join(self._pending))
+        self._pending.clear()
 
 
 _STATUS_COLOURS = {"valid": "green", "superseded": "cyan", "expired": "yellow", "revoked": "red"}
@@ -84,11 +103,12 @@ _STATUS_COLOURS = {"valid": "green", "superseded": "cyan", "expired": "yellow", 
 
 def _stream_json(documents: Iterator[dict[str, object]]) -> None:
     """A JSON array written one object per line as the rows arrive."""
-    write, separator = sys.stdout.write, "[\n  "
+    lines, separator = _Lines(), "[\n  "
     for document in documents:
-        write(separator + json.dumps(document))
+        lines.write(separator + json.dumps(document))
         separator = ",\n  "
-    write("[]\n" if separator.startswith("[") else "\n]\n")
+    lines.write("[]\n" if separator.startswith("[") else "\n]\n")
+    lines.flush()
 
 
 @click.command()
