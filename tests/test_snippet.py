@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import Cli, Snapshot, assert_clean_error, listening
+from tests.conftest import VENV_BIN, Cli, Snapshot, assert_clean_error, listening
 from tests.test_tls_revocation import (
     NGINX,
     SERVER_NAME,
@@ -26,12 +26,12 @@ from tests.test_tls_revocation import (
 
 TARGET_NAMES = [
     "server-env", "uvicorn-env", "python-server", "python-client", "node-client", "curl",
-    "nginx", "envoy", "caddy", "k8s", "crl-refresh",
+    "nginx", "envoy", "caddy", "k8s", "crl-refresh", "gateway",
     "claude-desktop", "claude-code", "claude-code-http", "vscode", "cursor", "windsurf", "zed", "continue",
 ]
 URL = "https://srv.example.com:8443/mcp"
 # What each target needs to render: the required variables, nothing else.
-REQUIRED = {"server-env": ["--var", "command=python3"]} | {
+REQUIRED = {"server-env": ["--var", "command=python3"], "gateway": ["--var", "command=/usr/bin/python3"]} | {
     target: ["--var", f"url={URL}"] for target in TARGET_NAMES if target in (
         "python-client", "node-client", "curl", "claude-desktop", "claude-code", "claude-code-http", "vscode",
         "cursor", "windsurf", "zed", "continue")
@@ -69,6 +69,9 @@ def _syntax_check(target: str, text: str, tmp_path: Path) -> None:
         _nginx_accepts(text, tmp_path)
     elif target == "caddy":
         _caddy_accepts(text, tmp_path)
+    elif target == "gateway":  # a systemd unit: sections, then Key=Value lines
+        body = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        assert body[0] == "[Unit]" and all(line.startswith("[") or "=" in line for line in body), text
     else:
         raise AssertionError(f"no syntax check for {target}")
 
@@ -129,7 +132,8 @@ def test_files_default_to_where_issue_wrote_them_and_dir_moves_them(ca: Cli, tmp
     ca.ok("issue", "server", "srv", "--dns", SERVER_NAME, "--out", "certs/srv")
     env = json.loads(ca.ok("snippet", "server-env", "srv", "--var", "command=srv", "--var", "args=--stdio 'a b'").stdout)
     entry = env["mcpServers"]["srv"]
-    assert entry["command"] == "srv" and entry["args"] == ["--stdio", "a b"]
+    assert entry["command"] == str(VENV_BIN / "mcp-pki")  # the stdio server runs behind the gateway
+    assert entry["args"] == ["gateway", "--listen", "0.0.0.0:8443", "--", "srv", "--stdio", "a b"]
     assert entry["env"] == {
         "TLS_CERT": str(ca.cwd / "certs/srv/tls.crt"), "TLS_KEY": str(ca.cwd / "certs/srv/tls.key"),
         "TLS_CA": str(ca.cwd / "certs/srv/ca.crt"), "TLS_REQUIRE_CLIENT_CERT": "true",
@@ -213,7 +217,7 @@ def test_all_writes_every_target_of_the_kind_and_a_readme(ca: Cli) -> None:
     server_files = sorted(p.name for p in (ca.cwd / "srv-config").iterdir())
     assert server_files == sorted([
         "README.md", "server-env.json", "uvicorn-env.sh", "python-server.py", "nginx.conf", "envoy.yaml",
-        "Caddyfile", "kustomization.yaml", "crl-refresh.sh",
+        "Caddyfile", "kustomization.yaml", "crl-refresh.sh", "gateway.service",
     ])
     assert "listen 9443 ssl;" in (ca.cwd / "srv-config/nginx.conf").read_text()  # each takes what it knows
     readme = (ca.cwd / "srv-config/README.md").read_text()

@@ -57,12 +57,14 @@ _UPSTREAM = Variable(
 TARGETS: tuple[Target, ...] = (
     Target(
         "server-env", "server-env.json.j2", SERVER,
-        "MCP host entry (mcpServers) starting the server with its TLS_* environment",
-        "merge into the host's mcpServers configuration (JSON, no comments)",
+        "mcpServers entry running the stdio server behind mcp-pki gateway, TLS from its TLS_* environment",
+        "merge into the mcpServers configuration of whatever launches your servers (JSON, no comments); "
+        "the gateway needs pip install 'mcp-pki[gateway]'",
         "json",
         (
-            Variable("command", "the command that starts the MCP server"),
+            Variable("command", "the command that starts the stdio MCP server"),
             Variable("args", "its arguments, as shell words", ""),
+            _PORT, _BIND,
         ),
     ),
     Target(
@@ -143,6 +145,17 @@ TARGETS: tuple[Target, ...] = (
                 "passphrase_file", "root-only file with the CA passphrase",
                 "/etc/credstore/mcp-pki-ca-passphrase", kind="path",
             ),
+        ),
+    ),
+    Target(
+        "gateway", "gateway.service.j2", SERVER,
+        "systemd unit running the stdio server behind mcp-pki gateway: policy, tool-call log, hardened",
+        "copy to /etc/systemd/system/, write the policy file it names, then systemctl enable --now the unit",
+        "systemd",
+        (
+            Variable("command", "the command that starts the stdio MCP server (absolute path)"),
+            Variable("args", "its arguments, as shell words", ""),
+            _PORT, _BIND,
         ),
     ),
 )
