@@ -90,7 +90,7 @@ TARGETS: tuple[Target, ...] = (
     Target(
         "node-client", "node-client.mjs.j2", CLIENT,
         "MCP TypeScript SDK client (Node.js) with an undici Agent carrying CA, certificate and key",
-        "run it with node (npm install @modelcontextprotocol/sdk undici)",
+        "run it with node 20+ (npm install @modelcontextprotocol/client undici)",
         "javascript",
         (_URL,),
     ),
