@@ -66,8 +66,8 @@ def status(ctx: click.Context, warn_within: str, as_json: bool) -> None:
             crl = f"CRL #{a.crl_number} until {a.crl_next_update:%Y-%m-%d %H:%M}" if a.crl_next_update else "no CRL"
             click.echo(f"{a.role:8} {shown(a.subject)}: until {a.not_after:%Y-%m-%d}, {crl}")
         click.echo("certificates: " + ", ".join(f"{n} {s}" for s, n in report.counts.items()))
-        for finding in report.findings:
-            click.echo(f"{level(finding.level.name)}: {shown(finding.message)}")
+        # One write for what may be ten thousand expiring certificates.
+        click.echo("".join(f"{level(f.level.name)}: {shown(f.message)}\n" for f in report.findings), nl=False)
         click.echo(f"status: {level(report.level.name.lower())}")
     ctx.exit(int(report.level))
 

@@ -10,9 +10,9 @@ from sqlalchemy import Engine, func, select
 from mcp_pki.errors import InvalidInput
 from mcp_pki.pki.crl import authority_key_id, crl_number, load_crls
 from mcp_pki.services.inventory import ListedCertificate, Status, count_by_status
-from mcp_pki.services.renewal import expiring_unreplaced
+from mcp_pki.services.renewal import expiring_unreplaced_columns
 from mcp_pki.store.db import read_session
-from mcp_pki.store.models import Authority, CrlPublication
+from mcp_pki.store.models import Authority, Certificate, CrlPublication
 
 
 class Level(IntEnum):
@@ -64,7 +64,10 @@ def check_health(engine: Engine, *, now: datetime, warn_within: timedelta, crl_f
                 serial=c.serial, name=c.name, kind=c.kind, owner=c.owner, status=Status.VALID,
                 not_after=c.not_after, sans=tuple(c.sans), roles=tuple(c.roles),
             )
-            for c in expiring_unreplaced(session, now=now, within=warn_within)
+            for c in expiring_unreplaced_columns(
+                session, Certificate.serial, Certificate.name, Certificate.kind, Certificate.owner,
+                Certificate.not_after, Certificate.sans, Certificate.roles, now=now, within=warn_within,
+            )
         ]
     for certificate in expiring:
         findings.append(Finding(

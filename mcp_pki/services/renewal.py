@@ -1,11 +1,12 @@
 """Renewing certificates: one by REF, or every certificate about to expire."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, exists, select
+from sqlalchemy import Engine, Row, Select, exists, select
 from sqlalchemy.orm import Session, aliased
 
 from mcp_pki.errors import Conflict, InvalidInput, PolicyViolation
@@ -144,6 +145,20 @@ def _same_key_type(old: Certificate) -> keys.KeyType:
 
 def expiring_unreplaced(session: Session, *, now: datetime, within: timedelta) -> list[Certificate]:
     """Valid certificates expiring within the window that no valid renewal replaces yet."""
+    return list(session.scalars(_expiring_unreplaced(select(Certificate), now=now, within=within)))
+
+
+def expiring_unreplaced_columns(
+    session: Session, *columns: Any, now: datetime, within: timedelta,
+) -> Sequence[Row[Any]]:
+    """The same certificates, only `columns` of them: `status` lists ten thousand without
+    loading an object (and its PEM) for each."""
+    return session.execute(_expiring_unreplaced(select(*columns), now=now, within=within)).all()
+
+
+def _expiring_unreplaced(query: Select[Any], *, now: datetime, within: timedelta) -> Select[Any]:
+    # The renews_id index (migration 0003) answers the NOT EXISTS per certificate; without
+    # it the check scanned the table for each one.
     renewal = aliased(Certificate)
     renewal_revocation = aliased(Revocation)
     replaced = exists(
@@ -152,9 +167,9 @@ def expiring_unreplaced(session: Session, *, now: datetime, within: timedelta) -
         .where(renewal.renews_id == Certificate.id, renewal_revocation.certificate_id.is_(None),
                renewal.not_after > now)
     )
-    return list(session.scalars(
-        select(Certificate)
-        .outerjoin(Certificate.revocation)
+    return (
+        query.select_from(Certificate)
+        .outerjoin(Revocation, Revocation.certificate_id == Certificate.id)
         .where(
             Revocation.certificate_id.is_(None),
             Certificate.not_after > now,
@@ -162,7 +177,7 @@ def expiring_unreplaced(session: Session, *, now: datetime, within: timedelta) -
             ~replaced,
         )
         .order_by(Certificate.not_after, Certificate.id)
-    ))
+    )
 
 
 @dataclass(frozen=True, slots=True)
