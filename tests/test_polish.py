@@ -66,3 +66,11 @@ def test_status_names_the_home_and_audit_has_a_header_row(ca: Cli) -> None:
     lines = ca.ok("audit").stdout.splitlines()
     assert lines[0].split() == ["SEQ", "AT", "(UTC)", "OPERATOR", "ACTION", "OUTCOME", "TARGET"]
     assert lines[1].split()[0] == "1" and "issue" in ca.ok("audit").stdout
+
+
+def test_uvicorn_env_says_it_checks_no_crl_and_what_does(ca: Cli) -> None:
+    ca.ok("issue", "server", "files", "--ip", "127.0.0.1")
+    header = ca.ok("snippet", "uvicorn-env", "files").stdout.splitlines()[1:3]
+    assert "uvicorn checks no CRL" in header[0] and "gateway" in header[1] and "nginx" in header[1]
+    listed = next(line for line in ca.ok("snippet", "--list").stdout.splitlines() if line.startswith("uvicorn-env "))
+    assert "NO CRL" in listed and "gateway" in listed

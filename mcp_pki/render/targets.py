@@ -69,7 +69,8 @@ TARGETS: tuple[Target, ...] = (
     ),
     Target(
         "uvicorn-env", "uvicorn-env.sh.j2", SERVER,
-        "UVICORN_SSL_* environment for any uvicorn-served MCP server, client certificates required",
+        "UVICORN_SSL_* environment for any uvicorn-served MCP server, client certificates required; NO CRL "
+        "check (revoked clients get in): use gateway, python-server or nginx for that",
         "source it (. ./uvicorn-env.sh) in the shell or service that starts uvicorn",
         "sh",
     ),
