@@ -240,3 +240,21 @@ def test_sigterm_ends_every_session_and_leaves_no_process(pki: Cli, gateway: Gat
     finally:
         alice.close()
         bob.close()
+
+
+def test_help_and_start_up_load_nothing_of_the_gateway() -> None:
+    """`mcp-pki --help`, `gateway --help` and every other command start without the SDK,
+    uvicorn or the gateway's own modules: they load only when the gateway runs."""
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from mcp_pki.cli import cli\n"
+        "for args in (['--help'], ['gateway', '--help'], ['audit', 'verify', '--help']):\n"
+        "    result = CliRunner().invoke(cli, args)\n"
+        "    assert result.exit_code == 0, result.output\n"
+        "heavy = ('mcp', 'mcp_types', 'uvicorn', 'starlette', 'httpx2', 'anyio', 'mcp_pki.gateway', 'mcp_pki.mtls')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m.startswith(heavy[-2:])))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout

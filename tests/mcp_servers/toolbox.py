@@ -5,6 +5,7 @@ Several tools (one with a visible side effect: it appends to the file named by
 
     python toolbox.py                       # stdio
     python toolbox.py --http PORT           # streamable HTTP on 127.0.0.1:PORT (uvicorn)
+    python toolbox.py --https PORT CERT KEY CA   # the same over TLS, client certificates required
 """
 
 import json
@@ -95,5 +96,13 @@ if __name__ == "__main__":
         import uvicorn
 
         uvicorn.run(server.streamable_http_app(), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+    elif len(sys.argv) == 6 and sys.argv[1] == "--https":  # PORT CERT KEY CA: uvicorn requiring client certificates
+        import ssl
+
+        import uvicorn
+
+        port, cert, key, ca = sys.argv[2:6]
+        uvicorn.run(server.streamable_http_app(), host="127.0.0.1", port=int(port), log_level="warning",
+                    ssl_certfile=cert, ssl_keyfile=key, ssl_ca_certs=ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
     else:
         server.run()
