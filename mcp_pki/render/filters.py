@@ -50,7 +50,7 @@ def _undefined(value: object) -> None:
 
 
 def _refuse(text: str, language: str, why: str) -> InvalidInput:
-    return InvalidInput(f"{escape_controls(text)!r} cannot be written in {language}: {why}")
+    return InvalidInput(f"'{escape_controls(text)}' cannot be written in {language}: {why}")
 
 
 def _plain(value: object, language: str) -> str:

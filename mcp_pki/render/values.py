@@ -30,7 +30,7 @@ def refuse_control_characters(text: str, what: str) -> str:
     found = first_control(text)
     if found is not None:
         raise InvalidInput(
-            f"{what} holds a control character ({escape_controls(found)}) in {escape_controls(text)!r}: "
+            f"{what} holds a control character ({escape_controls(found)}) in '{escape_controls(text)}': "
             "line breaks, escapes and the like would leave the value's place in the file"
         )
     return text
