@@ -34,7 +34,12 @@ def shown_fields(record: T) -> T:
     for item in dataclasses.fields(record):  # type: ignore[arg-type]
         value = getattr(record, item.name)
         if isinstance(value, str):
-            changes[item.name] = shown(value)
+            escaped: object = shown(value)
         elif isinstance(value, tuple) and all(isinstance(v, str) for v in value):
-            changes[item.name] = tuple(shown(v) for v in value)
-    return dataclasses.replace(record, **changes)  # type: ignore[type-var]
+            escaped = tuple(shown(v) for v in value)
+        else:
+            continue
+        if escaped != value:
+            changes[item.name] = escaped
+    # The usual record holds nothing to escape: no copy (list prints 100,000 of them).
+    return dataclasses.replace(record, **changes) if changes else record  # type: ignore[type-var]
