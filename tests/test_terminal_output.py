@@ -8,6 +8,7 @@ override. Every human-readable output path shows them as visible escapes (\\x1b,
 import json
 import sqlite3
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -107,3 +108,15 @@ def test_audit_shows_tampered_records_escaped(ca: Cli) -> None:
     result = ca.ok("audit")
     assert_terminal_safe(result.stdout)
     assert "bob\\x1b[2J\\x0d\\x0aissued server certificate 00ff" in result.stdout
+
+
+def test_warnings_logged_by_services_are_escaped(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from mcp_pki.cli import _WarningLine
+
+    record = logging.LogRecord("mcp_pki.services.crls", logging.WARNING, __file__, 1, "ignored %s", (f"x{CLEAR}{FAKE_LINE}",),
+                               None)
+    _WarningLine(logging.WARNING).emit(record)
+    err = capsys.readouterr().err
+    assert err == "Warning: ignored x\\x1b[2J\\x0d\\x0aissued server certificate 00ff\n"

@@ -145,7 +145,7 @@ class _WarningLine(logging.Handler):
     """Prints a warning that a service logs as one ``Warning: ...`` line on stderr."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        click.echo(f"Warning: {record.getMessage()}", err=True)
+        click.echo(f"Warning: {shown(record.getMessage())}", err=True)
 
 
 def _print_service_warnings() -> None:
