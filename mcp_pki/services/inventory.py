@@ -1,16 +1,18 @@
 """Reading the inventory: finding certificates by REF, listing, inspecting, exporting."""
 
+import functools
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import Engine, ScalarSelect, Select, func, select
+from sqlalchemy import Engine, ScalarSelect, Select, String, func, select, type_coerce
 from sqlalchemy.orm import Session, aliased, contains_eager
 
-from mcp_pki.errors import Ambiguous, InvalidInput, NotFound
+from mcp_pki.errors import Ambiguous, InvalidInput, InventoryError, NotFound
 from mcp_pki.pki.bundles import load_private_key, pkcs12_bytes
 from mcp_pki.pki.inspect import facts, from_pem
 from mcp_pki.store.db import read_session
@@ -214,10 +216,13 @@ def iter_certificates(engine: Engine, wanted: ListFilter, *, now: datetime) -> I
     """The certificates `list` shows, streamed: only the columns shown are read (never the
     PEM), a thousand rows at a time, so 100,000 certificates list in constant memory."""
     renewal = _valid_renewal(now)
+    # The dates and JSON lists come back as the driver gives them and are decoded below:
+    # SQLAlchemy's per-value result processing cost four times the query itself at 100,000.
     query = (
-        select(Certificate.serial, Certificate.name, Certificate.kind, Certificate.owner, Certificate.not_after,
-               Certificate.sans, Certificate.roles, Revocation.certificate_id.label("revoked"),
-               renewal.label("superseded_by"))
+        select(Certificate.serial, Certificate.name, Certificate.kind, Certificate.owner,
+               type_coerce(Certificate.not_after, String).label("not_after"),
+               type_coerce(Certificate.sans, String).label("sans"), type_coerce(Certificate.roles, String).label("roles"),
+               Revocation.certificate_id.label("revoked"), renewal.label("superseded_by"))
         .outerjoin(Revocation, Revocation.certificate_id == Certificate.id)
         .order_by(Certificate.name, Certificate.not_before, Certificate.id)
     )
@@ -240,14 +245,46 @@ def iter_certificates(engine: Engine, wanted: ListFilter, *, now: datetime) -> I
     if wanted.current:
         query = query.where(renewal.is_(None))
     with read_session(engine) as session, session.begin():
-        for row in session.execute(query.execution_options(yield_per=1000)):
+        for row in session.connection().execute(query.execution_options(yield_per=1000)):
+            not_after = _utc(row.not_after)
             status = Status.REVOKED if row.revoked is not None else (
-                Status.EXPIRED if row.not_after <= now else Status.VALID)
+                Status.EXPIRED if not_after <= now else Status.VALID)
             yield ListedCertificate(
                 serial=row.serial, name=row.name, kind=row.kind, owner=row.owner, status=status,
-                not_after=row.not_after, sans=tuple(row.sans), roles=tuple(row.roles),
+                not_after=not_after, sans=_texts(row.sans), roles=_texts(row.roles),
                 superseded_by=row.superseded_by,
             )
+
+
+def _utc(value: str | datetime) -> datetime:
+    """A stored time as the driver returns it (text on SQLite, naive UTC elsewhere)."""
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return moment.replace(tzinfo=UTC)
+
+
+def _texts(value: str | list[str]) -> tuple[str, ...]:
+    """A stored list of names or roles (JSON text on SQLite, already decoded elsewhere),
+    refused as the inventory's own column type refuses it when it is not a list of text."""
+    if isinstance(value, str):
+        return _decoded(value)
+    return _checked(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _decoded(text: str) -> tuple[str, ...]:
+    # Cached: roles, and the names of renewed certificates, repeat from row to row.
+    try:
+        return _checked(json.loads(text))
+    except ValueError:
+        raise InventoryError(
+            "the inventory is corrupt: a row holds invalid JSON (edited by hand?); restore a backup"
+        ) from None
+
+
+def _checked(items: object) -> tuple[str, ...]:
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        raise InventoryError("the inventory is corrupt: a stored list of names or roles is not a list of strings")
+    return tuple(items)
 
 
 def _valid_renewal(now: datetime) -> ScalarSelect[str]:
