@@ -946,3 +946,40 @@ def test_envoy_names_an_ipv6_upstream_in_brackets_in_the_host_header(ca: Cli) ->
     assert route["host_rewrite_literal"] == "[::1]:8000"
     endpoint = config["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
     assert endpoint["endpoint"]["address"]["socket_address"] == {"address": "::1", "port_value": 8000}
+
+
+# A folder name for a real directory: no "." or ".." segment, so it stays under the test's own.
+_segment = st.text(alphabet=HOSTILE_CHARACTERS.replace("/", ""), min_size=1, max_size=16).filter(
+    lambda s: s not in (".", ".."))
+
+
+@pytest.mark.parametrize("target", ["nginx", "caddy"])
+@settings(max_examples=12, deadline=None, phases=(Phase.explicit, Phase.reuse, Phase.generate),
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(segments=st.lists(_segment, min_size=1, max_size=2))
+def test_hostile_folders_pass_the_real_nginx_and_caddy(ca: Cli, tmp_path: Path, target: str, segments: list[str]) -> None:
+    """nginx -t and caddy validate load the files from a folder with a hostile name: the name
+    reached them as one path."""
+    from tests.test_snippet import _caddy_accepts, _free_port, _nginx_accepts
+
+    source = ca.cwd / "srv"
+    if not source.is_dir():
+        issue_server(ca)
+    folder = tmp_path.joinpath("hostile", *segments)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("tls.crt", "tls.key", "ca.crt"):
+        (folder / name).write_bytes((source / name).read_bytes())
+    (folder / "crl.pem").write_bytes((ca.home / "crl.pem").read_bytes())
+    # nginx -t binds the address it would listen on: loopback, a free port.
+    values = {"bind": "127.0.0.1", "port": str(_free_port()), "upstream": "http://127.0.0.1:8000"}
+    target_ = next(t for t in TARGETS if t.name == target)
+    view = view_of(dict(PLAIN, folder=str(folder)), kind="server")
+    try:
+        text = render(target_, view, {k: v for k, v in values.items() if target_.variable(k)}, overrides=None)
+    except InvalidInput as error:
+        assert _refused_for_a_reason(target, dict(PLAIN, folder=str(folder)), error), error
+        return
+    if target == "nginx":
+        _nginx_accepts(text, tmp_path)
+    else:
+        _caddy_accepts(text, tmp_path)
