@@ -297,3 +297,18 @@ def test_an_ipv6_zone_id_is_refused_not_dropped(ca: Cli) -> None:
     assert_clean_error(ca("issue", "server", "web", "--ip", "fe80::1%eth0"), "zone id")
     assert_clean_error(ca("issue", "server", "web", "--ip", "fe80::1%1"), "zone id")
     snapshot.assert_unchanged()
+
+
+def test_a_roster_is_held_to_the_same_limits(ca: Cli) -> None:
+    roles = ", ".join(f"r{i}" for i in range(33))
+    roster = ca.cwd / "team.yaml"
+    roster.write_text(
+        "clients:\n"
+        f"  - name: alice\n    roles: [{roles}]\n"
+        "  - name: bob\n    validity: 30m\n"
+    )
+    snapshot = Snapshot(ca)
+    result = ca("apply", str(roster), "--out-root", str(ca.cwd / "certs"))
+    assert_clean_error(result, "at most 32")
+    assert "at least 1h" in result.stderr
+    snapshot.assert_unchanged()

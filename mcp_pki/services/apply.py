@@ -43,6 +43,7 @@ from mcp_pki.services.issuance import (
     _check_name_constraints,
     _organisation,
     audit_mark,
+    check_limits,
 )
 from mcp_pki.services.revocation import RevokedCertificate, _Change, _change_and_publish
 from mcp_pki.services.roster import Roster, RosterEntry, roster_error
@@ -160,6 +161,7 @@ def plan_roster(
         for entry in roster.entries:
             request = _request(entry)
             try:
+                check_limits(request)
                 _check_name_constraints(chain, request)
             except PkiError as exc:
                 problems.append(f"{entry.position}: {exc}")

@@ -247,16 +247,21 @@ def _check_name_constraints(chain: Chain, request: LeafRequest) -> None:
 
 
 def _check_request(request: LeafRequest, output: OutputRequest) -> None:
-    # Enforced here as well as on the command line: every caller (renew, apply) passes here.
+    check_limits(request)
+    if request.kind is CertificateKind.SERVER and not (request.sans.dns or request.sans.ips):
+        raise InvalidInput("a server certificate needs at least one --dns or --ip name")
+    if request.csr and output.p12_passphrase is not None:
+        raise InvalidInput("--p12 needs the private key, which stays with the requester when --csr is used")
+
+
+def check_limits(request: LeafRequest) -> None:
+    """What one certificate may carry, enforced here as well as on the command line: every
+    way to sign a leaf (issue, renew, apply) passes here."""
     if len(request.sans.labels()) > MAX_SANS:
         raise InvalidInput(f"{len(request.sans.labels())} subject alternative names refused: at most {MAX_SANS}")
     check_lifetime(request.validity, what="the validity")
     if len(request.roles) > MAX_ROLES:
         raise InvalidInput(f"{len(request.roles)} roles refused: at most {MAX_ROLES} per certificate")
-    if request.kind is CertificateKind.SERVER and not (request.sans.dns or request.sans.ips):
-        raise InvalidInput("a server certificate needs at least one --dns or --ip name")
-    if request.csr and output.p12_passphrase is not None:
-        raise InvalidInput("--p12 needs the private key, which stays with the requester when --csr is used")
 
 
 def _output_paths(request: LeafRequest, output: OutputRequest) -> dict[str, Path]:
