@@ -74,3 +74,55 @@ def test_uvicorn_env_says_it_checks_no_crl_and_what_does(ca: Cli) -> None:
     assert "uvicorn checks no CRL" in header[0] and "gateway" in header[1] and "nginx" in header[1]
     listed = next(line for line in ca.ok("snippet", "--list").stdout.splitlines() if line.startswith("uvicorn-env "))
     assert "NO CRL" in listed and "gateway" in listed
+
+
+def _on_a_terminal(home: Path, answers: list[str]) -> str:
+    """init-ca run on a pseudo-terminal, answering each prompt in turn; everything it printed."""
+    import os
+    import pty
+    import select
+    import time
+
+    from tests.conftest import VENV_BIN
+
+    controller, terminal = pty.openpty()
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home.parent), "MCP_PKI_HOME": str(home)}
+    process = subprocess.Popen([str(VENV_BIN / "mcp-pki"), "init-ca", "--name", "T"], stdin=terminal,
+                               stdout=terminal, stderr=terminal, env=env, close_fds=True)
+    os.close(terminal)
+    seen, pending = b"", list(answers)
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([controller], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(controller, 1024)
+                except OSError:  # the process closed the terminal
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+                if pending and seen.endswith(b": "):  # a prompt waits for its answer
+                    os.write(controller, pending.pop(0).encode() + b"\n")
+            elif process.poll() is not None:
+                break
+    finally:
+        os.close(controller)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(30)
+    return seen.decode(errors="replace")
+
+
+def test_a_short_passphrase_is_refused_before_the_confirmation(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    shown = _on_a_terminal(home, ["short", "short"])
+    assert "at least 8 characters" in shown and "Repeat" not in shown, shown
+    assert not (home / "ca.crt").exists()
+    differ = _on_a_terminal(tmp_path / "home2", ["long enough 1", "long enough 2"])
+    assert "Repeat for confirmation" in differ and "differ" in differ, differ
+    ok = _on_a_terminal(tmp_path / "home3", ["long enough 1", "long enough 1"])
+    assert (tmp_path / "home3" / "ca.crt").exists(), ok

@@ -43,16 +43,18 @@ class Settings:
         return self._cached_passphrase
 
     def new_ca_passphrase(self) -> bytes:
+        from mcp_pki.services.authority import MIN_PASSPHRASE_LENGTH
+
         return read_secret(
             file=self.passphrase_file, env=PASSPHRASE_ENV, prompt="New CA passphrase", confirm=True,
-            what="the new CA key",
+            what="the new CA key", min_length=MIN_PASSPHRASE_LENGTH,
             hint="set MCP_PKI_PASSPHRASE, use --passphrase-file FILE, run on a terminal, "
             "or pass --no-passphrase (development only)",
         )
 
 
 def read_secret(
-    *, file: str | None, env: str, prompt: str, what: str, hint: str, confirm: bool = False
+    *, file: str | None, env: str, prompt: str, what: str, hint: str, confirm: bool = False, min_length: int = 0,
 ) -> bytes:
     """A secret from a file, else the environment, else a hidden prompt on a terminal.
 
@@ -72,7 +74,12 @@ def read_secret(
         # as surrogates, which no encoding takes back.
         secret = os.environb[env.encode()] if os.supports_bytes_environ else os.environ[env].encode("utf-8", "surrogateescape")
     elif sys.stdin.isatty():
-        secret = click.prompt(prompt, hide_input=True, confirmation_prompt=confirm, err=True).encode("utf-8")
+        secret = click.prompt(prompt, hide_input=True, err=True).encode("utf-8")
+        # Too short is said before the confirmation is asked for, not after typing it twice.
+        if secret and len(secret) < min_length:
+            raise PassphraseError(f"the passphrase for {what} must have at least {min_length} characters")
+        if confirm and click.prompt("Repeat for confirmation", hide_input=True, err=True).encode("utf-8") != secret:
+            raise PassphraseError(f"the two entries of the passphrase for {what} differ")
     else:
         raise PassphraseError(f"{what} needs a passphrase: {hint}")
     if not secret:
@@ -102,7 +109,8 @@ def emit_json(document: Any) -> None:
 
 
 def warn(message: str) -> None:
-    click.echo(f"Warning: {shown(message)}", err=True)  # it may quote a CSR or a row
+    label = click.style("Warning:", fg="yellow") if sys.stderr.isatty() else "Warning:"  # colour on a terminal only
+    click.echo(f"{label} {shown(message)}", err=True)  # it may quote a CSR or a row
 
 
 def settings_of(ctx: click.Context) -> Settings:
