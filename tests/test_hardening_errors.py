@@ -7,8 +7,11 @@ it, OpenSSL for a SHA-1 request.
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
+import sys
+import tempfile
 from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
@@ -35,28 +38,59 @@ def audit_records(cli: Cli) -> list[dict[str, object]]:
 # --- the environment refuses a file ----------------------------------------------------------
 
 UNREADABLE_HOME_COMMANDS = [
-    ("list",), ("show", "alice"), ("issue", "client", "bob", "--out", "{work}/bob"), ("crl",), ("status",),
+    ("list",), ("show", "alice"), ("issue", "client", "bob", "--out", "{out}"), ("crl",), ("status",),
     ("snippet", "curl", "alice", "--var", f"url={URL}"),
 ]
 
+# Root reads a folder of mode 000, so as root the command runs in a child that first enters a
+# new user namespace, where it holds no capability over root's files (the modules the
+# commands load lazily are imported before that, while the interpreter can still read them).
+AS_UNPRIVILEGED = """
+import ctypes, json, sys
+import mcp_pki.cli, mcp_pki.services.health, mcp_pki.services.inventory, mcp_pki.services.issuance
+import mcp_pki.services.revocation, mcp_pki.services.snippets, platformdirs, pwd, secrets, yaml
+import sqlalchemy.dialects.sqlite
+from click.testing import CliRunner
+if ctypes.CDLL(None, use_errno=True).unshare(0x10000000) != 0:  # CLONE_NEWUSER
+    print(json.dumps(None)); sys.exit()
+result = CliRunner().invoke(mcp_pki.cli.cli, sys.argv[1:])
+print(json.dumps([result.exit_code, result.stderr, repr(result.exception)]))
+"""
+
 
 @pytest.mark.parametrize("command", UNREADABLE_HOME_COMMANDS, ids=lambda c: c[0])
-def test_an_unreadable_home_is_one_error_line(ca: Cli, tmp_path: Path, command: tuple[str, ...]) -> None:
-    """Not root: the home folder made unreadable (mode 000). Root reads any folder, so there
-    the kernel refuses the home's name instead (longer than NAME_MAX): the same OSError from
-    the same lookups (Path.exists raises for both, where it returns False for a missing file)."""
+def test_an_unreadable_home_is_one_error_line(ca: Cli, command: tuple[str, ...]) -> None:
     ca.ok("issue", "client", "alice")
-    args = [a.replace("{work}", str(ca.cwd)) for a in command]
-    if os.geteuid() != 0:
-        ca.home.chmod(0)
-        try:
+    out = Path(tempfile.mkdtemp(dir="/tmp")) / "bob"  # a folder the child can still reach
+    args = [a.replace("{out}", str(out)) for a in command]
+    ca.home.chmod(0)
+    try:
+        if os.geteuid() != 0:
             result = ca(*args)
-        finally:
-            ca.home.chmod(0o700)
-    else:
-        result = ca("--home", str(tmp_path / ("h" * 300)), *args)
-    assert_clean_error(result, "cannot access")
-    assert not (ca.cwd / "bob").exists()
+            assert_clean_error(result, "Permission denied")
+        else:
+            child = subprocess.run(
+                [sys.executable, "-c", AS_UNPRIVILEGED, "--home", str(ca.home), *args],
+                check=False, capture_output=True, text=True, timeout=120, cwd="/",
+                env={**os.environ, "MCP_PKI_PASSPHRASE": PASSPHRASE},
+            )
+            assert child.stdout.strip(), child.stderr  # the child itself ran to its report
+            outcome = json.loads(child.stdout.strip().splitlines()[-1])
+            if outcome is None:
+                pytest.skip("no user namespaces here: root cannot be made to lack read access")
+            exit_code, stderr, exception = outcome
+            assert exit_code == 1, (stderr, exception)
+            assert stderr.strip().startswith("Error: cannot access"), stderr
+            assert len(stderr.strip().splitlines()) == 1 and "Permission denied" in stderr, stderr
+        assert not out.exists()
+    finally:
+        ca.home.chmod(0o700)
+        shutil.rmtree(out.parent, ignore_errors=True)
+
+
+def test_a_home_name_too_long_for_the_file_system(ca: Cli, tmp_path: Path) -> None:
+    for command in UNREADABLE_HOME_COMMANDS[:2]:
+        assert_clean_error(ca("--home", str(tmp_path / ("h" * 300)), *command), "File name too long")
 
 
 def test_an_output_folder_name_too_long_for_the_file_system(ca: Cli) -> None:
