@@ -73,11 +73,20 @@ def test_a_revoked_client_is_shut_out_of_its_open_connection_and_session(pki: Cl
         socket_before = carol.connection.sock
         assert _alive(carol_pid)
 
+        crl = pki.home / "crl.pem"
+        published_before = crl.stat().st_mtime
         pki.ok("revoke", "carol")
-        revoked_at = time.monotonic()
-        wait_until(lambda: _refused(carol), "a 403 on carol's open connection", timeout=4 * REFRESH)
-        took = time.monotonic() - revoked_at
-        assert took <= 2 * REFRESH, f"refused after {took:.2f} s"
+        published = crl.stat().st_mtime
+        assert published != published_before
+        # The bound is on the gateway: a request sent 2 x --crl-refresh after the new CRL was
+        # written is refused (what a request then costs on a busy machine is not its doing).
+        asked = time.time()
+        while not _refused(carol):
+            assert time.time() - published < 4 * REFRESH + 5, "carol is still served"
+            time.sleep(0.05)
+            asked = time.time()
+        took = asked - published
+        assert took <= 2 * REFRESH, f"the request sent {took:.2f} s after the new CRL was still served"
         assert carol.connection.sock is socket_before  # the same keep-alive connection
         # Her session ended with its process; a new connection fails at the handshake.
         wait_until(lambda: not _alive(carol_pid), "the end of carol's server process", timeout=5)

@@ -7,8 +7,11 @@ hold secrets or personal data), the decision, the outcome and the duration; then
 without ``hash``. Editing, removing or reordering a line breaks the chain at that line, as
 in the CA's own audit log. A restarted gateway reads the last line and continues the chain.
 
-Appends are durable: each line is written with one ``write`` and fsync-ed before the answer
-it records goes back to the client.
+Appends are durable: each line is written with one ``write`` at once (so the file's order is
+the order of the answers) and fsync-ed before the answer it records goes back to the client.
+An fsync costs milliseconds (6.6 ms per line on the benchmark machine, against 2 us for the
+write), so it runs in a worker thread and is shared: the lines written while one fsync runs
+are all made durable by the next (group commit), and the event loop never waits on the disk.
 """
 
 import hashlib
@@ -49,6 +52,8 @@ class CallLog:
         self._seq, self._prev = 0, GENESIS_HASH
         self._fd: int | None = None
         self._stream: TextIO | None = None
+        self._written = self._synced = 0  # lines written, lines known to be on disk
+        self._syncing: Any = None  # an anyio.Event while an fsync runs
         if path is None:
             self._stream = sys.stderr
             return
@@ -58,18 +63,42 @@ class CallLog:
         except OSError as exc:
             raise InvalidInput(f"cannot open the audit log {path}: {(exc.strerror or str(exc)).lower()}") from None
 
-    def append(self, fields: dict[str, Any]) -> dict[str, Any]:
+    def write(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Chain and write one line now (not yet durable: see `append`)."""
         record = {**fields, "seq": self._seq + 1, "prev": self._prev}
         record["hash"] = line_hash(record)
         line = json.dumps(record, sort_keys=False, separators=(",", ":"), ensure_ascii=False) + "\n"
         if self._fd is not None:
             os.write(self._fd, line.encode("utf-8"))
-            os.fsync(self._fd)
+            self._written += 1
         else:
             assert self._stream is not None
             self._stream.write(line)
             self._stream.flush()
         self._seq, self._prev = record["seq"], record["hash"]
+        return record
+
+    async def append(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Write one line and return once it is on disk, sharing fsyncs with concurrent calls."""
+        import anyio
+        import anyio.to_thread
+
+        record = self.write(fields)
+        if self._fd is None:
+            return record
+        mine = self._written
+        while self._synced < mine:
+            if self._syncing is not None:
+                await self._syncing.wait()  # an fsync that may have started before our write
+                continue
+            self._syncing = done = anyio.Event()
+            upto = self._written
+            try:
+                await anyio.to_thread.run_sync(os.fsync, self._fd)
+                self._synced = max(self._synced, upto)
+            finally:
+                self._syncing = None
+                done.set()
         return record
 
     def close(self) -> None:

@@ -146,7 +146,7 @@ class Relay:
             try:
                 await self._answer(to_client, error)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                self._record(request_id, "allowed", "error")
+                await self._record(request_id, "allowed", "error")
 
     # ------------------------------------------------------------------ helpers
 
@@ -183,15 +183,15 @@ class Relay:
             denied = isinstance(message, JSONRPCError) and message.error.code == NOT_ALLOWED
             failed = isinstance(message, JSONRPCError) or bool(
                 isinstance(message.result, dict) and message.result.get("isError"))
-            self._record(message.id, "denied" if denied else "allowed", "error" if failed else "ok")
+            await self._record(message.id, "denied" if denied else "allowed", "error" if failed else "ok")
         await to_client.send(SessionMessage(message))
 
-    def _record(self, request_id: RequestId, decision: str, outcome: str) -> None:
+    async def _record(self, request_id: RequestId, decision: str, outcome: str) -> None:
         pending = self.pending.pop(request_id, None)
         if pending is None:
             return
         identity = self.session.owner.identity
-        self._calllog.append({
+        await self._calllog.append({
             "time": iso_utc(pending.at), "serial": identity.serial, "name": identity.name,
             "roles": list(identity.roles), "session": self.session.id, "method": pending.method,
             "target": pending.target, "arguments_sha256": pending.arguments_sha256,
