@@ -19,7 +19,7 @@ def test_init_ca_creates_two_tiers_and_writes_the_root(mcp: Cli) -> None:
     root = x509.load_pem_x509_certificate((mcp.home / "ca.crt").read_bytes())
     assert root.subject.rfc4514_string() == "CN=Acme Root CA,O=Acme Corp"
     assert table_counts(mcp.db)["authorities"] == 2
-    assert table_counts(mcp.db)["audit_log"] == 1
+    assert table_counts(mcp.db)["audit_log"] == 2  # init-ca, and the checkpoint signing it
 
 
 def test_ca_keys_are_encrypted_at_rest(ca: Cli) -> None:

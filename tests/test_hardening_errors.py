@@ -213,7 +213,7 @@ def test_a_wrong_passphrase_is_recorded_in_the_audit_log(ca: Cli) -> None:
     after = audit_records(ca)
     assert len(after) == len(before) + 1
     record = after[-1]
-    assert record["action"] == "passphrase-refused"
+    assert (record["action"], record["outcome"]) == ("passphrase-refused", "refused")
     assert record["details"] == {"command": "issue", "reason": "wrong CA passphrase"}
     assert guess not in json.dumps(after)
     assert guess.encode() not in b"".join(p.read_bytes() for p in ca.home.glob("inventory.db*"))

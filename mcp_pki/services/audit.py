@@ -60,12 +60,14 @@ def append_record(
     target_name: str | None = None,
     details: dict[str, Any] | None = None,
     signer: Issuer | None = None,
+    outcome: str = "success",
 ) -> AuditRecord:
     """Add one record to the chain inside the caller's transaction. Never pass secrets.
 
-    The outcome is always "success": a command that fails rolls back and changes nothing,
-    its record included. A command that signed with a CA key passes the issuing CA as
-    `signer`, which signs the new head of the chain in a checkpoint record.
+    A command that fails rolls back and changes nothing, its record included; the outcome
+    is "success" but for the few refusals recorded on their own (a wrong CA passphrase). A
+    command that signed with a CA key passes the issuing CA as `signer`, which signs the
+    new head of the chain in a checkpoint record.
     """
     last = session.execute(
         select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)
@@ -73,7 +75,7 @@ def append_record(
     seq, prev_hash = (last.seq + 1, last.hash) if last else (1, GENESIS_HASH)
     record = AuditRecord(
         seq=seq, at=now, operator=current_operator(), action=action,
-        target_serial=target_serial, target_name=target_name, outcome="success",
+        target_serial=target_serial, target_name=target_name, outcome=outcome,
         details=details or {}, prev_hash=prev_hash,
     )
     record.hash = record_hash(record)

@@ -233,7 +233,7 @@ def record_refused_passphrase(home: Home, *, command: str | None, now: datetime)
     try:
         with write_session(engine) as session, session.begin():
             audit.append_record(
-                session, now=now, action="passphrase-refused",
+                session, now=now, action="passphrase-refused", outcome="refused",
                 details={"command": command, "reason": "wrong CA passphrase"},
             )
     finally:
