@@ -72,3 +72,41 @@ def test_a_serial_prefix_is_looked_up_through_the_serial_index(ca: Cli) -> None:
     plan = _plan(ca, f"SELECT id FROM certificates WHERE serial >= '{serial[:8]}' AND serial < '{serial[:8]}g'")
     assert "ix_certificates_serial" in plan, plan
     assert json.loads(ca.ok("show", serial[:8].upper(), "--json").stdout)["serial"] == serial
+
+
+def test_list_json_written_by_sqlite_matches_the_listing_built_in_python(ca: Cli) -> None:
+    """`list --json` on SQLite has the database write each object; it must say exactly what
+    the listing built row by row in Python says, for every status and filter."""
+    from mcp_pki.services.inventory import ListFilter, Status, list_certificates
+
+    ca.ok("issue", "client", "alice", "--email", "alice@example.com", "--role", "dev", "--role", "ops")
+    ca.ok("issue", "server", "files", "--dns", "files.internal", "--ip", "10.0.0.5")
+    ca.ok("issue", "client", "gone")
+    ca.ok("revoke", "gone")
+    ca.ok("issue", "client", "short", "--validity", "2h")
+    ca.ok("renew", "alice", "--out", "alice2")  # alice's first certificate is now superseded
+    engine = open_inventory(f"sqlite:///{ca.db}")
+    filters = [ListFilter(), ListFilter(status=Status.VALID), ListFilter(status=Status.REVOKED),
+               ListFilter(kind="server"), ListFilter(name="alice"), ListFilter(current=True),
+               ListFilter(expiring_within=timedelta(hours=3))]
+    try:
+        for wanted, option in zip(filters, [[], ["--status", "valid"], ["--status", "revoked"], ["--kind", "server"],
+                                            ["--name", "alice"], ["--current"], ["--expiring-within", "3h"]],
+                                  strict=True):
+            printed = json.loads(ca.ok("list", "--json", *option).stdout)
+            built = [c.as_json() for c in list_certificates(engine, wanted, now=datetime.now(UTC))]
+            assert printed == built, option
+            assert printed, option
+    finally:
+        engine.dispose()
+    # An expired certificate (as of a later clock) is listed as expired both ways.
+    later = datetime.now(UTC) + timedelta(hours=5)
+    from mcp_pki.services.inventory import iter_certificates_json
+
+    engine = open_inventory(f"sqlite:///{ca.db}")
+    try:
+        by_sql = [json.loads(d) for d in iter_certificates_json(engine, ListFilter(), now=later)]
+        assert by_sql == [c.as_json() for c in list_certificates(engine, ListFilter(), now=later)]
+        assert "expired" in {d["status"] for d in by_sql}
+    finally:
+        engine.dispose()

@@ -1,7 +1,6 @@
 """``mcp-pki list``, ``show`` and ``export``: reading the inventory."""
 
 import itertools
-import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,7 +44,12 @@ def list_command(
       mcp-pki list --expiring-within 30d
     """
     from mcp_pki.services.authority import open_existing
-    from mcp_pki.services.inventory import ListFilter, Status, iter_certificates
+    from mcp_pki.services.inventory import (
+        ListFilter,
+        Status,
+        iter_certificates,
+        iter_certificates_json,
+    )
 
     wanted = ListFilter(
         kind=kind, status=Status(status) if status else None,
@@ -53,11 +57,11 @@ def list_command(
     )
     engine = open_existing(settings.home())
     try:
-        rows = iter_certificates(engine, wanted, now=now())
         # Streamed as read: 100,000 certificates never sit in memory at once.
         if as_json:
-            _stream_json(row.as_json() for row in rows)
+            _stream_json(iter_certificates_json(engine, wanted, now=now()))
             return
+        rows = iter_certificates(engine, wanted, now=now())
         first = next(rows, None)
         if first is None:
             click.echo("no certificates", err=True)
@@ -101,11 +105,11 @@ class _Lines:
 _STATUS_COLOURS = {"valid": "green", "superseded": "cyan", "expired": "yellow", "revoked": "red"}
 
 
-def _stream_json(documents: Iterator[dict[str, object]]) -> None:
+def _stream_json(documents: Iterator[str]) -> None:
     """A JSON array written one object per line as the rows arrive."""
     lines, separator = _Lines(), "[\n  "
     for document in documents:
-        lines.write(separator + json.dumps(document))
+        lines.write(separator + document)
         separator = ",\n  "
     lines.write("[]\n" if separator.startswith("[") else "\n]\n")
     lines.flush()
