@@ -5,6 +5,7 @@ import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from cryptography import x509
 from sqlalchemy import event
 
@@ -110,3 +111,41 @@ def test_list_json_written_by_sqlite_matches_the_listing_built_in_python(ca: Cli
         assert "expired" in {d["status"] for d in by_sql}
     finally:
         engine.dispose()
+
+
+def test_the_list_table_formatted_by_sqlite_matches_the_python_formatting(ca: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The table rows SQLite formats (names and roles joined in SQL) equal those formatted in
+    Python from decoded rows, escapes in the stored JSON included."""
+    from mcp_pki.services.inventory import ListFilter, iter_table_rows
+
+    ca.ok("issue", "client", "alice", "--email", "alice@example.com", "--role", "dev", "--role", "ops")
+    ca.ok("issue", "server", "files", "--dns", "files.internal", "--ip", "10.0.0.5")
+    ca.ok("issue", "client", "bare")
+    ca.ok("issue", "client", "gone")
+    ca.ok("revoke", "gone")
+    ca.ok("renew", "alice", "--out", "alice2")
+    with sqlite3.connect(ca.db) as connection:  # a role whose JSON holds an escape
+        connection.execute("UPDATE certificates SET roles = ? WHERE name = 'bare'", (json.dumps(['d"q']),))
+    engine = open_inventory(f"sqlite:///{ca.db}")
+    try:
+        now = datetime.now(UTC)
+        by_sql = list(iter_table_rows(engine, ListFilter(), now=now))
+        monkeypatch.setattr(engine.dialect, "name", "other")
+        by_python = list(iter_table_rows(engine, ListFilter(), now=now))
+    finally:
+        engine.dispose()
+    assert by_sql == by_python
+    assert {r.status for r in by_sql} == {"valid", "superseded", "revoked"}
+    assert next(r for r in by_sql if r.name == "bare").names == 'role:d"q'
+    table = ca.ok("list").stdout
+    assert "email:alice@example.com, role:dev, role:ops" in table and "DNS:files.internal, IP:10.0.0.5" in table
+
+
+@pytest.mark.parametrize("stored", ["{not json", "[1, 2]", '"DNS:x"', '["a", 1, "b"]'])
+def test_list_json_refuses_a_corrupt_row_like_the_table(ca: Cli, stored: str) -> None:
+    ca.ok("issue", "client", "alice")
+    with sqlite3.connect(ca.db) as connection:
+        connection.execute("UPDATE certificates SET sans = ?", (stored,))
+    for args in (("list",), ("list", "--json")):
+        result = ca(*args)
+        assert result.exit_code == 1 and "inventory is corrupt" in result.stderr, (args, result.stderr)

@@ -47,8 +47,8 @@ def list_command(
     from mcp_pki.services.inventory import (
         ListFilter,
         Status,
-        iter_certificates,
         iter_certificates_json,
+        iter_table_rows,
     )
 
     wanted = ListFilter(
@@ -61,7 +61,7 @@ def list_command(
         if as_json:
             _stream_json(iter_certificates_json(engine, wanted, now=now()))
             return
-        rows = iter_certificates(engine, wanted, now=now())
+        rows = iter_table_rows(engine, wanted, now=now())
         first = next(rows, None)
         if first is None:
             click.echo("no certificates", err=True)
@@ -73,12 +73,10 @@ def list_command(
         write(f"{'SERIAL':{width}}  {'KIND':6}  {'NAME':20}  {'STATUS':10}  {'NOT AFTER':16}  NAMES / ROLES\n")
         for row in itertools.chain((first,), rows):
             row = shown_fields(row)  # names come from CSRs and from a database others can write
-            extras = ", ".join([*row.sans, *(f"role:{r}" for r in row.roles)])
-            shown = "superseded" if row.superseded else row.status.value
-            status_text = click.style(f"{shown:10}", fg=_STATUS_COLOURS[shown]) if colour else f"{shown:10}"
+            status_text = click.style(f"{row.status:10}", fg=_STATUS_COLOURS[row.status]) if colour else f"{row.status:10}"
             write(
                 f"{row.serial[:width]:{width}}  {row.kind:6}  {row.name:20}  {status_text}  "
-                f"{row.not_after:%Y-%m-%d %H:%M}  {extras}\n"
+                f"{row.not_after}  {row.names}\n"
             )
         lines.flush()
     finally:
