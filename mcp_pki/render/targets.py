@@ -77,7 +77,8 @@ TARGETS: tuple[Target, ...] = (
     Target(
         "python-server", "python-server.py.j2", SERVER,
         "runnable MCP Python SDK server: uvicorn, client certificates required, CRL checked and re-read when "
-        "it changes, each request logged with its client's name and serial",
+        "it changes, each request logged with its client's name and serial, each refused handshake with "
+        "its reason",
         "run it with python3 (pip install 'mcp>=2.3,<3' 'uvicorn>=0.54') and replace the example tool",
         "python",
         (_PORT, _BIND),
