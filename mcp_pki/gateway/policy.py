@@ -96,6 +96,11 @@ def load_policy(path: Path) -> Policy:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise InvalidInput(f"the policy file {path} is not valid YAML{where}") from None
+    except Exception as exc:  # noqa: BLE001 - whatever PyYAML raises, the file is at fault
+        # PyYAML's constructors raise plain errors too: a date out of range (`2026-02-30`)
+        # is a ValueError, a deeply nested list a RecursionError. Each is a bad file, not a
+        # crash of the gateway reading it.
+        raise InvalidInput(f"the policy file {path} is not valid YAML ({type(exc).__name__})") from None
     try:
         return parse_policy(data)
     except InvalidInput as exc:

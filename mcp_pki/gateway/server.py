@@ -191,13 +191,24 @@ class Watchers:
             self.tick()
 
     def tick(self) -> None:
+        # Each reload on its own guard: an unforeseen failure of one is logged in one line and
+        # the next tick goes on, instead of ending this task and with it the whole gateway.
+        try:
+            self._refresh_crl()
+        except Exception as exc:  # noqa: BLE001 - see above
+            logger.error("the CRL refresh failed (%s: %s): keeping the previous CRL", type(exc).__name__, exc)
+        try:
+            self.reload_policy()
+        except Exception as exc:  # noqa: BLE001 - see above
+            logger.error("the policy reload failed (%s: %s): keeping the previous policy", type(exc).__name__, exc)
+
+    def _refresh_crl(self) -> None:
         now = self.now()
         if self.revocation.refresh(now=now):
             ended = self.sessions.end_where(
                 lambda s: self.revocation.refusal(s.owner.certificate, now=now))
             if ended:
                 logger.warning("ended %d session(s) whose certificate the new CRL refuses", ended)
-        self.reload_policy()
 
 
 async def serve(app: GatewayApp, sock: socket.socket, context: ssl.SSLContext, watchers: Watchers,

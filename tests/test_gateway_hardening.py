@@ -1,0 +1,88 @@
+"""gateway: what an adversarial review found, each case through a real gateway process over
+loopback. A policy file PyYAML cannot construct, two requests with one id, notifications of
+guarded methods, an older CRL, a non-ASCII subject through --upstream, absurd --crl-refresh
+values and requests that open no session."""
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Cli, Result, assert_clean_error
+from tests.gateway_support import MCP_PKI, TOOLBOX, Gateway, RawClient, new_ca, wait_until
+
+REFRESH = 0.5
+
+POLICY = "default: allow\nroles:\n  analyst: {tools: [echo, append]}\n"
+
+# Files that parse as YAML but that PyYAML's constructors cannot build.
+UNCONSTRUCTIBLE = {
+    "impossible-date.yaml": "default: deny\nroles:\n  analyst: {tools: [query, 2026-02-30]}\n",
+    "month-13.yaml": "default: deny\nroles:\n  analyst: {tools: [2026-13-01]}\n",
+    "deep.yaml": "default: deny\nroles: " + "[" * 5000 + "]" * 5000 + "\n",
+}
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Cli:
+    cli = new_ca(tmp_path_factory.mktemp("hardening-ca"), "Hardening")
+    cli.ok("issue", "client", "alice", "--role", "analyst")
+    cli.ok("issue", "client", "bob")
+    return cli
+
+
+def _run_gateway(cli: Cli, *args: str) -> Result:
+    """The console script, bounded: a case that wrongly starts serving fails instead of hanging."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TLS_")}
+    try:
+        done = subprocess.run([MCP_PKI, "gateway", *args, "--", sys.executable, TOOLBOX], check=False,
+                              capture_output=True, text=True, timeout=30, env={**base, "MCP_PKI_HOME": str(cli.home)})
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"mcp-pki gateway {' '.join(args)} started serving instead of failing") from None
+    return Result(done.returncode, done.stdout, done.stderr, None)
+
+
+def test_an_unconstructible_policy_at_start_is_one_clean_error(pki: Cli, tmp_path: Path) -> None:
+    for name, text in UNCONSTRUCTIBLE.items():
+        (tmp_path / name).write_text(text)
+        assert_clean_error(_run_gateway(pki, "--as", "srv", "--listen", "127.0.0.1:1", "--policy", str(tmp_path / name)),
+                           "is not valid YAML")
+
+
+@pytest.fixture(scope="module")
+def policy_gateway(pki: Cli, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Path]]:
+    folder = tmp_path_factory.mktemp("policy-gateway")
+    policy = folder / "policy.yaml"
+    policy.write_text(POLICY)
+    with Gateway(pki, "--as", "srv", "--crl-refresh", str(REFRESH), "--policy", str(policy),
+                 "--audit-log", str(folder / "calls.jsonl"), log=folder / "gateway.log",
+                 env={"TOOLBOX_SIDE_EFFECTS": str(folder / "appended.txt")}) as running:
+        yield running, policy
+
+
+def test_an_unconstructible_policy_at_reload_keeps_the_gateway_serving(
+        pki: Cli, policy_gateway: tuple[Gateway, Path]) -> None:
+    gateway, policy = policy_gateway
+    for count, text in enumerate(UNCONSTRUCTIBLE.values(), start=1):
+        policy.write_text(text)
+        wait_until(lambda: gateway.stderr().count("keeping the previous policy") >= count,  # noqa: B023
+                   "the refused reload", timeout=10 * REFRESH + 5)
+        assert gateway.process is not None and gateway.process.poll() is None, gateway.stderr()
+    time.sleep(3 * REFRESH)  # later ticks run on
+    assert gateway.process is not None and gateway.process.poll() is None, gateway.stderr()
+    assert "Traceback" not in gateway.stderr()
+    alice = RawClient(pki, pki.cwd / "alice", gateway.port)
+    try:
+        alice.initialize()
+        status, answer = alice.call("echo", text="still serving")
+        assert status == 200 and answer is not None and answer["result"]["content"][0]["text"] == "still serving"
+    finally:
+        alice.close()
+    # A good edit afterwards is taken: the watcher is alive.
+    policy.write_text(POLICY.replace("default: allow", "default: deny"))
+    wait_until(lambda: "reloaded the policy" in gateway.stderr(), "the policy reload", timeout=10 * REFRESH + 5)
+    policy.write_text(POLICY)
