@@ -3,11 +3,13 @@ loopback. A policy file PyYAML cannot construct, two requests with one id, notif
 guarded methods, an older CRL, a non-ASCII subject through --upstream, absurd --crl-refresh
 values and requests that open no session."""
 
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,8 @@ def test_an_unconstructible_policy_at_start_is_one_clean_error(pki: Cli, tmp_pat
 
 @pytest.fixture(scope="module")
 def policy_gateway(pki: Cli, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Path]]:
+    """A gateway with a policy, a tool-call log (calls.jsonl) and a side-effect file
+    (appended.txt) beside the policy file."""
     folder = tmp_path_factory.mktemp("policy-gateway")
     policy = folder / "policy.yaml"
     policy.write_text(POLICY)
@@ -86,3 +90,54 @@ def test_an_unconstructible_policy_at_reload_keeps_the_gateway_serving(
     policy.write_text(POLICY.replace("default: allow", "default: deny"))
     wait_until(lambda: "reloaded the policy" in gateway.stderr(), "the policy reload", timeout=10 * REFRESH + 5)
     policy.write_text(POLICY)
+
+
+def _calls(folder: Path) -> list[dict[str, object]]:
+    path = folder / "calls.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_a_request_reusing_a_pending_id_is_refused_and_never_forwarded(
+        pki: Cli, policy_gateway: tuple[Gateway, Path]) -> None:
+    """Answers, list filtering and the audit line find their request by id: a second request
+    under a pending id must not take the first one's place."""
+    gateway, policy = policy_gateway
+    folder = policy.parent
+    first = RawClient(pki, pki.cwd / "bob", gateway.port)  # no role: default allow
+    second = RawClient(pki, pki.cwd / "bob", gateway.port)
+    try:
+        first.initialize()
+        second.session = first.session
+        assert first.connection.sock is not None
+        first.connection.sock.settimeout(5)  # its answer may be lost with the reused id: bounded
+        waiting = threading.Thread(target=lambda: _quietly(lambda: first.post(
+            {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "wait", "arguments": {"seconds": 1.5}}})))
+        waiting.start()
+        time.sleep(0.7)  # the first call is pending upstream
+        status, messages, _ = second.post({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                                           "params": {"name": "append", "arguments": {"line": "reused id"}}})
+        waiting.join(10)
+        assert not waiting.is_alive()
+        assert status == 200 and len(messages) == 1, (status, messages)
+        assert messages[0]["id"] == 7 and messages[0]["error"]["code"] == -32600, messages
+        assert "in use" in messages[0]["error"]["message"]
+        effects = folder / "appended.txt"
+        assert "reused id" not in (effects.read_text() if effects.exists() else "")
+        # Both calls are in the log as what they were: the first allowed, the second refused.
+        wait_until(lambda: any(c["target"] == "wait" for c in _calls(folder)), "the first call's line")
+        session = [c for c in _calls(folder) if c["session"] == first.session and c["method"] == "tools/call"]
+        assert [(c["target"], c["decision"]) for c in session] == [("append", "denied"), ("wait", "allowed")], session
+        # The session goes on: the id is free again once answered.
+        status, answer = second.request("tools/call", {"name": "echo", "arguments": {"text": "after"}})
+        assert status == 200 and answer is not None and answer["result"]["content"][0]["text"] == "after", answer
+    finally:
+        first.close()
+        second.close()
+
+
+def _quietly(action: Callable[[], object]) -> None:
+    try:
+        action()
+    except OSError:
+        pass  # the first request's answer went to the stream of the one that reused its id
+

@@ -31,6 +31,7 @@ from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, StreamableHTTPServ
 from mcp.shared.message import ServerMessageMetadata, SessionMessage
 from mcp_types import (
     INTERNAL_ERROR,
+    INVALID_REQUEST,
     ErrorData,
     JSONRPCError,
     JSONRPCMessage,
@@ -118,6 +119,9 @@ class Relay:
                     continue  # the transport has answered the client already
                 message = item.message
                 if isinstance(message, JSONRPCRequest):
+                    if self._in_use(message.id):
+                        await self._refuse_reused_id(to_client, message)
+                        continue
                     refusal = self._track(message)
                     if refusal is not None:
                         await self._answer(to_client, JSONRPCError(
@@ -150,8 +154,23 @@ class Relay:
 
     # ------------------------------------------------------------------ helpers
 
-    def _track(self, request: JSONRPCRequest) -> str | None:
-        """Note a client request; return why the policy refuses it, or None."""
+    def _in_use(self, request_id: RequestId) -> bool:
+        # The transport routes answers by the id's text, so 1 and "1" are one id there too.
+        return request_id in self.pending or any(str(k) == str(request_id) for k in self.pending)
+
+    async def _refuse_reused_id(self, to_client: "WriteStream[SessionMessage]", request: JSONRPCRequest) -> None:
+        """Refuse a request whose id a pending one holds, unforwarded: the answers, the list
+        filtering and the audit line all find their request by id, so a second request under
+        the same id would take the first one's place (a tools/call logged as the ping beside it,
+        a list answered unfiltered)."""
+        identity = self.session.owner.identity
+        logger.warning("refused a %s from %s in %s: its id %r is in use by a pending request",
+                       request.method, identity.label, self.session.label, request.id)
+        await self._write(self._pending_of(request), "denied", "error")
+        await to_client.send(SessionMessage(JSONRPCError(jsonrpc="2.0", id=request.id, error=ErrorData(
+            code=INVALID_REQUEST, message=f"invalid request: the id {request.id!r} is in use by a pending request"))))
+
+    def _pending_of(self, request: JSONRPCRequest) -> _Pending:
         params = request.params or {}
         guarded = GUARDED_METHODS.get(request.method)
         target = params.get(guarded[1]) if guarded else None
@@ -160,11 +179,17 @@ class Relay:
         else:
             arguments = None
         meta = params.get("_meta")
-        self.pending[request.id] = _Pending(
+        return _Pending(
             request.method, target if isinstance(target, str) else None, arguments_digest(arguments),
             time.monotonic(), datetime.now(UTC),
             meta.get("progressToken") if isinstance(meta, dict) else None,
         )
+
+    def _track(self, request: JSONRPCRequest) -> str | None:
+        """Note a client request; return why the policy refuses it, or None."""
+        self.pending[request.id] = pending = self._pending_of(request)
+        guarded = GUARDED_METHODS.get(request.method)
+        target = pending.target
         if guarded is None:
             return None
         kind = guarded[0]
@@ -188,8 +213,10 @@ class Relay:
 
     async def _record(self, request_id: RequestId, decision: str, outcome: str) -> None:
         pending = self.pending.pop(request_id, None)
-        if pending is None:
-            return
+        if pending is not None:
+            await self._write(pending, decision, outcome)
+
+    async def _write(self, pending: _Pending, decision: str, outcome: str) -> None:
         identity = self.session.owner.identity
         await self._calllog.append({
             "time": iso_utc(pending.at), "serial": identity.serial, "name": identity.name,

@@ -44,6 +44,15 @@ def append(line: str) -> str:
 
 
 @server.tool()
+async def wait(seconds: float) -> str:
+    """Answers after `seconds`: a call that stays pending meanwhile."""
+    import anyio
+
+    await anyio.sleep(min(seconds, 30.0))
+    return "waited"
+
+
+@server.tool()
 async def shout(text: str, ctx: Context) -> str:
     """Logs to the client (a notification), then answers in capitals."""
     await ctx.info(f"shouting {text}")
