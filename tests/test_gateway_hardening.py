@@ -141,3 +141,29 @@ def _quietly(action: Callable[[], object]) -> None:
     except OSError:
         pass  # the first request's answer went to the stream of the one that reused its id
 
+
+def test_a_guarded_method_sent_as_a_notification_is_dropped_and_recorded(
+        pki: Cli, policy_gateway: tuple[Gateway, Path]) -> None:
+    """Without an id a tools/call would pass the policy and the audit unchecked."""
+    gateway, policy = policy_gateway
+    folder = policy.parent
+    client = RawClient(pki, pki.cwd / "bob", gateway.port)
+    try:
+        client.initialize()
+        for line, extra in (("no id", {}), ("null id", {"id": None})):
+            status, messages, _ = client.post({"jsonrpc": "2.0", "method": "tools/call", **extra,
+                                               "params": {"name": "append", "arguments": {"line": line}}})
+            assert status == 202 and messages == [], (status, messages)
+        # The notification still allowed through: the client's own kind.
+        status, _messages, _ = client.post({"jsonrpc": "2.0", "method": "notifications/roots/list_changed"})
+        assert status == 202
+        status, answer = client.request("tools/call", {"name": "echo", "arguments": {"text": "in order"}})
+        assert status == 200 and answer is not None and answer["result"]["content"][0]["text"] == "in order"
+        effects = folder / "appended.txt"
+        assert not {"no id", "null id"} & set((effects.read_text() if effects.exists() else "").splitlines())
+        session = [c for c in _calls(folder) if c["session"] == client.session]
+        assert [(c["method"], c["target"], c["decision"]) for c in session if c["decision"] == "denied"] == [
+            ("tools/call", "append", "denied"), ("tools/call", "append", "denied")], session
+        assert gateway.stderr().count("dropped a tools/call notification from bob") == 2
+    finally:
+        client.close()

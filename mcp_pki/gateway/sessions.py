@@ -127,6 +127,9 @@ class Relay:
                         await self._answer(to_client, JSONRPCError(
                             jsonrpc="2.0", id=message.id, error=ErrorData(code=NOT_ALLOWED, message=refusal)))
                         continue
+                elif isinstance(message, JSONRPCNotification) and not message.method.startswith("notifications/"):
+                    await self._drop_notification(message)
+                    continue
                 await upstream.send(message)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass  # the session was ended (DELETE, idle, revocation): its streams are closed
@@ -170,7 +173,16 @@ class Relay:
         await to_client.send(SessionMessage(JSONRPCError(jsonrpc="2.0", id=request.id, error=ErrorData(
             code=INVALID_REQUEST, message=f"invalid request: the id {request.id!r} is in use by a pending request"))))
 
-    def _pending_of(self, request: JSONRPCRequest) -> _Pending:
+    async def _drop_notification(self, message: JSONRPCNotification) -> None:
+        """A request without an id (a tools/call as a notification) is outside the protocol,
+        and forwarding it would bypass the policy and the audit: a server that executes it
+        anyway would run a call nobody checked or recorded."""
+        identity = self.session.owner.identity
+        logger.warning("dropped a %s notification from %s in %s: a request needs an id",
+                       message.method, identity.label, self.session.label)
+        await self._write(self._pending_of(message), "denied", "error")
+
+    def _pending_of(self, request: JSONRPCRequest | JSONRPCNotification) -> _Pending:
         params = request.params or {}
         guarded = GUARDED_METHODS.get(request.method)
         target = params.get(guarded[1]) if guarded else None
