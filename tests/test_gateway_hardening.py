@@ -167,3 +167,38 @@ def test_a_guarded_method_sent_as_a_notification_is_dropped_and_recorded(
         assert gateway.stderr().count("dropped a tools/call notification from bob") == 2
     finally:
         client.close()
+
+
+def test_an_older_crl_put_back_is_refused_and_revoked_clients_stay_out(
+        pki: Cli, policy_gateway: tuple[Gateway, Path]) -> None:
+    """A validly signed CRL from before a revocation must not un-revoke anyone."""
+    gateway, _policy = policy_gateway
+    pki.ok("issue", "client", "carol")
+    crl = pki.home / "crl.pem"
+    before = crl.read_bytes()
+    carol = RawClient(pki, pki.cwd / "carol", gateway.port)
+    try:
+        carol.initialize()
+        reloads = gateway.stderr().count("reloaded the CRL file")
+        pki.ok("revoke", "carol")
+        wait_until(lambda: gateway.stderr().count("reloaded the CRL file") > reloads, "the CRL reload",
+                   timeout=10 * REFRESH + 5)
+        status, _answer = carol.call("echo", text="revoked")
+        assert status == 403  # and her connection stays open
+        rolled_back = crl.with_name("crl.pem.old")
+        rolled_back.write_bytes(before)
+        os.replace(rolled_back, crl)
+        wait_until(lambda: "older than the one in force" in gateway.stderr(), "the refused rollback",
+                   timeout=10 * REFRESH + 5)
+        assert "keeping the previous CRLs" in gateway.stderr()
+        # On the connection she holds, the request check still refuses her: the revoked set in
+        # force is the newer one.
+        carol.session = None
+        status, _answer = carol.request("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
+                                                       "clientInfo": {"name": "raw", "version": "1"}})
+        assert status == 403
+        # And a new handshake (OpenSSL keeps the newest CRL it was given).
+        with pytest.raises(OSError):
+            RawClient(pki, pki.cwd / "carol", gateway.port).initialize()
+    finally:
+        carol.close()

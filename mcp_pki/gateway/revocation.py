@@ -6,7 +6,9 @@ both: each accepted CRL is added to the server context (OpenSSL uses the newest 
 issuer, by thisUpdate, for the next handshakes), and every request is checked against the
 current revoked set by the serial of its connection's certificate.
 
-A CRL file that fails to load or verify leaves the previous CRLs in force and is logged.
+A CRL file that fails to load or verify, or that is older than the one in force (a
+rollback to a validly signed CRL from before a revocation), leaves the previous CRLs in force
+and is logged.
 Past its nextUpdate a CRL is logged loudly at every refresh; serving on is the default, and
 ``--fail-on-stale-crl`` refuses every client instead. OpenSSL itself would refuse everyone
 with an expired CRL, so while serving on a stale CRL the handshake does not check CRLs and
@@ -99,6 +101,10 @@ class LiveRevocation:
             logger.error("cannot use the changed CRL file %s (%s): keeping the previous CRLs",
                          self.crl_file, reason)
             return False
+        rollback = _rollback(self.current, revocations)
+        if rollback is not None:
+            logger.error("refused the changed CRL file %s (%s): keeping the previous CRLs", self.crl_file, rollback)
+            return False
         before = self.current.revoked if self.current else frozenset()
         self._accept(revocations, now=now)
         added = len(revocations.revoked - before)
@@ -151,3 +157,36 @@ class LiveRevocation:
         if parent is not None and current.is_revoked(parent.issuer.rfc4514_string(), parent.serial_number):
             return "the CA of the client certificate has been revoked"
         return None
+
+
+def _rollback(current: mtls.RevocationSet | None, new: mtls.RevocationSet) -> str | None:
+    """Why `new` would roll revocations back, or None. An older CRL is validly signed too:
+    put back in place of the current one, it would let revoked clients in again. So every
+    issuer with a CRL in force keeps one, and none goes back to a lower CRL number (nor, with
+    equal numbers or none, to an earlier thisUpdate)."""
+    if current is None:
+        return None
+    newest = _newest_by_issuer(new)
+    for issuer, order in _newest_by_issuer(current).items():
+        if issuer not in newest:
+            return f"it has no CRL of {issuer}, whose CRL is in force"
+        if newest[issuer] < order:
+            return f"its CRL of {issuer} is older than the one in force ({_describe(newest[issuer])} < {_describe(order)})"
+    return None
+
+
+def _newest_by_issuer(revocations: mtls.RevocationSet) -> dict[str, tuple[int, datetime]]:
+    newest: dict[str, tuple[int, datetime]] = {}
+    for crl in revocations.crls:
+        try:
+            number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        except x509.ExtensionNotFound:
+            number = -1
+        issuer, order = crl.issuer.rfc4514_string(), (number, crl.last_update_utc)
+        newest[issuer] = max(newest.get(issuer, order), order)
+    return newest
+
+
+def _describe(order: tuple[int, datetime]) -> str:
+    number, this_update = order
+    return f"number {number}" if number >= 0 else f"issued {this_update:%Y-%m-%d %H:%M:%S}"
