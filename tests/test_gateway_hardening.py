@@ -14,8 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli, Result, assert_clean_error
-from tests.gateway_support import MCP_PKI, TOOLBOX, Gateway, RawClient, new_ca, wait_until
+from tests.conftest import Cli, Result, assert_clean_error, listening
+from tests.gateway_support import (
+    MCP_PKI,
+    SERVER_NAME,
+    TOOLBOX,
+    Gateway,
+    RawClient,
+    free_port,
+    new_ca,
+    wait_until,
+)
 
 REFRESH = 0.5
 
@@ -202,3 +211,37 @@ def test_an_older_crl_put_back_is_refused_and_revoked_clients_stay_out(
             RawClient(pki, pki.cwd / "carol", gateway.port).initialize()
     finally:
         carol.close()
+
+
+def test_a_non_ascii_subject_reaches_the_upstream_escaped_as_nginx_writes_it(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    folder = tmp_path_factory.mktemp("unicode-ca")
+    cli = Cli(folder / "home", folder / "work")
+    cli.cwd.mkdir(parents=True)
+    cli.ok("init-ca", "--name", "Unicode", "--org", "Société Générale")
+    cli.ok("issue", "server", "srv", "--dns", SERVER_NAME, "--ip", "127.0.0.1")
+    cli.ok("issue", "client", "zoe")
+    port = free_port()
+    upstream = subprocess.Popen([sys.executable, TOOLBOX, "--http", str(port)], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={**os.environ, "TOOLBOX_SIDE_EFFECTS": str(folder / "appended.txt")})
+    try:
+        assert listening(port, upstream), "the toolbox HTTP server did not start"
+        with Gateway(cli, "--as", "srv", "--upstream", f"http://127.0.0.1:{port}/mcp", command=[],
+                     log=folder / "gateway.log") as gateway:
+            client = RawClient(cli, cli.cwd / "zoe", gateway.port)
+            try:
+                client.initialize()
+                status, answer = client.call("headers")
+            finally:
+                client.close()
+            assert status == 200 and answer is not None and "result" in answer, (answer, gateway.stderr())
+            seen = json.loads(answer["result"]["content"][0]["text"])
+            assert seen["x-client-verify"] == "SUCCESS"
+            dn = seen["x-client-dn"]
+            assert dn.isascii(), dn
+            assert "CN=zoe" in dn and "O=Soci\\C3\\A9t\\C3\\A9 G\\C3\\A9n\\C3\\A9rale" in dn, dn
+            assert "Traceback" not in gateway.stderr()
+    finally:
+        upstream.terminate()
+        upstream.wait(10)

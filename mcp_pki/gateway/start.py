@@ -142,10 +142,20 @@ def identity_headers(peer: "Peer") -> Mapping[str, str]:
     certificate, identity = peer.certificate, peer.identity
     return {
         "X-Client-Verify": "SUCCESS",
-        "X-Client-DN": identity.subject,
+        "X-Client-DN": escape_dn(identity.subject),
         "X-Client-Serial": identity.serial.upper(),
         "X-Client-Fingerprint": certificate.fingerprint(hashes.SHA1()).hex(),
     }
+
+
+def escape_dn(subject: str) -> str:
+    """A DN as an HTTP header value, written as nginx writes $ssl_client_s_dn: every byte of
+    a non-ASCII character's UTF-8 and every control character as ``\\XX`` (``Société`` is
+    ``Soci\\C3\\A9t\\C3\\A9``). A header carries ASCII only, and a raw é made the relay fail."""
+    return "".join(
+        char if " " <= char <= "~" else "".join(f"\\{byte:02X}" for byte in char.encode("utf-8"))
+        for char in subject
+    )
 
 
 def parse_listen(text: str) -> tuple[str, int]:
