@@ -245,3 +245,9 @@ def test_a_non_ascii_subject_reaches_the_upstream_escaped_as_nginx_writes_it(
     finally:
         upstream.terminate()
         upstream.wait(10)
+
+
+def test_a_crl_refresh_that_is_not_a_sane_number_of_seconds_is_refused(pki: Cli) -> None:
+    for value in ("inf", "nan", "-1", "0", "0.01", "1e9"):
+        assert_clean_error(_run_gateway(pki, "--as", "srv", "--listen", "127.0.0.1:1", "--crl-refresh", value),
+                           "invalid --crl-refresh")

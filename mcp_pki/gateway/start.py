@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # the runtime's modules load only when the gateway runs
 logger = logging.getLogger("mcp_pki.gateway")
 
 DEFAULT_LISTEN = "127.0.0.1:8443"
+CRL_REFRESH_MIN, CRL_REFRESH_MAX = 0.1, 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,8 +185,11 @@ def prepare_gateway(home: Home, tls_options: TlsOptions, options: GatewayOptions
                            "python server.py (or --upstream URL)")
     if options.upstream_url is not None:
         check_upstream_url(options.upstream_url)
-    if not options.crl_refresh > 0:
-        raise GatewayError("--crl-refresh must be a positive number of seconds")
+    # Written so that NaN fails too; inf would make the watcher's sleep fail, and a refresh
+    # rarer than daily leaves a revoked client in for longer than anyone means.
+    if not CRL_REFRESH_MIN <= options.crl_refresh <= CRL_REFRESH_MAX:
+        raise GatewayError(f"invalid --crl-refresh {options.crl_refresh:g}: give a number of seconds from "
+                           f"{CRL_REFRESH_MIN:g} to {CRL_REFRESH_MAX:g} (a day)")
     host, port = parse_listen(options.listen)
     files = resolve_files(home, tls_options, environ, now=now)
     tls = load_server_tls(files, now=now)
