@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mcp_pki.gateway import GatewayError
+from mcp_pki.gateway.answers import JsonWhenAlone, accepts_json
 from mcp_pki.gateway.revocation import LiveRevocation
 from mcp_pki.gateway.sessions import Peer, SessionManager, error_response
 from mcp_pki.mtls import identity_of
@@ -111,6 +112,9 @@ class GatewayApp:
         if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS and scope["method"] == "POST":
             await _modern_refusal(scope, receive, send, version)
             return
+        if scope["method"] == "POST" and accepts_json(scope.get("headers") or []):
+            # A lone answer as JSON: the client keeps its connection (see answers.py).
+            send = JsonWhenAlone(send)
         await self.sessions.handle(peer, scope, receive, send)
 
 
