@@ -251,3 +251,28 @@ def test_a_crl_refresh_that_is_not_a_sane_number_of_seconds_is_refused(pki: Cli)
     for value in ("inf", "nan", "-1", "0", "0.01", "1e9"):
         assert_clean_error(_run_gateway(pki, "--as", "srv", "--listen", "127.0.0.1:1", "--crl-refresh", value),
                            "invalid --crl-refresh")
+
+
+def test_requests_that_open_no_session_hold_no_place(pki: Cli, tmp_path: Path) -> None:
+    """With --max-sessions 1, bodies that are not an initialize and an initialize the transport
+    refuses (an Accept header without event streams) leave the one place free."""
+    with Gateway(pki, "--as", "srv", "--max-sessions", "1", log=tmp_path / "gateway.log",
+                 env={"TOOLBOX_SIDE_EFFECTS": str(tmp_path / "appended.txt")}) as gateway:
+        client = RawClient(pki, pki.cwd / "bob", gateway.port)
+        try:
+            initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}
+            for body in ({}, [], {"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                         {"jsonrpc": "2.0", "method": "initialize"}):
+                status, _messages, headers = client.post(body)  # type: ignore[arg-type]
+                assert status == 400 and "mcp-session-id" not in headers, (body, status)
+            client.connection.request("POST", "/mcp", json.dumps(initialize).encode(),
+                                      {"Content-Type": "application/json", "Accept": "application/json"})
+            refused = client.connection.getresponse()
+            refused.read()
+            assert refused.status == 406, refused.status
+            client.initialize()  # the place is still free
+            status, answer = client.call("echo", text="one place")
+            assert status == 200 and answer is not None and answer["result"]["content"][0]["text"] == "one place"
+        finally:
+            client.close()

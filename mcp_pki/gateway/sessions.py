@@ -16,6 +16,7 @@ the newest request still waiting, else to the session's GET stream, which is whe
 server would have sent it.
 """
 
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -44,7 +45,7 @@ from starlette.responses import Response
 
 if TYPE_CHECKING:  # the SDK's stream protocols, for annotations only (a private module)
     from mcp.shared._stream_protocols import WriteStream
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from mcp_pki.gateway.calllog import CallLog, arguments_digest
 from mcp_pki.gateway.policy import GUARDED_METHODS, LISTED_METHODS, Permissions
@@ -321,6 +322,14 @@ class SessionManager:
         if scope.get("method") != "POST":
             await error_response("Bad Request: no session; open one with initialize", 400)(scope, receive, send)
             return
+        # A session (and its upstream process, which holds a --max-sessions place until idle)
+        # only for an initialize request: the body-limit middleware has read the body already
+        # and hands it over whole in its first message.
+        opening = await receive()
+        if not _is_initialize(opening.get("body", b"") if opening.get("type") == "http.request" else b""):
+            await error_response("Bad Request: no session; open one with initialize", 400)(scope, receive, send)
+            return
+        receive = _replaying(opening, receive)
         if len(self.sessions) >= self.max_sessions:
             logger.warning("refused a new session for %s: %d sessions are open (--max-sessions)",
                            peer.identity.label, len(self.sessions))
@@ -332,8 +341,17 @@ class SessionManager:
         session = Session(transport.mcp_session_id, peer, transport)
         self.sessions[session.id] = session
         await self._tasks.start(self._serve, session)
-        await transport.handle_request(scope, receive, send)
-        if transport.is_terminated and session.id in self.sessions:
+        status: list[int] = []
+
+        async def noting_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+            await send(message)
+
+        await transport.handle_request(scope, receive, noting_status)
+        if (transport.is_terminated or status[:1] != [200]) and session.id in self.sessions:
+            # Refused by the transport (an Accept header without both types, a bad version):
+            # no client holds this session, so it must not hold a place until it idles out.
             self._forget(session, "the opening request failed")
 
     async def _serve(self, session: Session, *, task_status: anyio.abc.TaskStatus[None]) -> None:
@@ -399,6 +417,24 @@ class SessionManager:
                             break
         if idle.cancelled_caught:
             session.ended_because = f"idle for {self.idle_seconds:g} s"
+
+
+def _is_initialize(body: bytes) -> bool:
+    try:
+        message = json.loads(body)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(message, dict) and message.get("method") == "initialize" and message.get("id") is not None
+
+
+def _replaying(first: Message, receive: Receive) -> Receive:
+    """`receive` with `first`, already read, handed out again first."""
+    pending = [first]
+
+    async def replay() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replay
 
 
 def error_response(message: str, status: int, code: int = -32600) -> Response:
