@@ -76,7 +76,13 @@ def publish_expired_crls(ca: Cli) -> None:
     """Make crl.pem hold CRLs of every CA signed eight days ago for seven days, as a CA that
     nobody republished leaves it. Built with the pki layer: the tool itself refuses to sign
     with a clock earlier than its newest CRL."""
-    from mcp_pki.pki.crl import authority_key_id, build_crl, crl_number, load_crls, revoked_entries
+    from mcp_pki.pki.crl import (
+        authority_key_id,
+        build_crl,
+        crl_number,
+        load_crl_ders,
+        revoked_entries,
+    )
     from mcp_pki.pki.der import pem_encode
     from mcp_pki.services.authority import unlock_all
     from mcp_pki.store.db import open_inventory, read_session
@@ -87,13 +93,13 @@ def publish_expired_crls(ca: Cli) -> None:
             issuers = unlock_all(session, lambda: PASSPHRASE.encode(), now=datetime.now(UTC))
     finally:
         engine.dispose()
-    current = {authority_key_id(crl): crl for crl in load_crls((ca.home / "crl.pem").read_bytes())}
+    current = {authority_key_id(x509.load_der_x509_crl(der)): der for der in load_crl_ders((ca.home / "crl.pem").read_bytes())}
     then = datetime.now(UTC) - timedelta(days=8)
     expired = b""
     for _, issuer in sorted(issuers.items(), reverse=True):  # the issuing CA's first, as crl.pem lists them
         key_id = issuer.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
         previous = current[key_id]
-        number = (crl_number(previous) or 0) + 1
+        number = (crl_number(x509.load_der_x509_crl(previous)) or 0) + 1
         der = build_crl(issuer=issuer, number=number, this_update=then, next_update=then + timedelta(days=7),
                         entries=revoked_entries(previous))
         expired += pem_encode(der)

@@ -154,27 +154,60 @@ def load_crls(data: bytes) -> list[x509.CertificateRevocationList]:
     Decoded here and parsed as DER, which cryptography parses lazily: reading the number
     of a 100,000-entry CRL then costs milliseconds, not a full parse.
     """
-    crls = []
+    return [x509.load_der_x509_crl(der) for der in load_crl_ders(data)]
+
+
+def load_crl_ders(data: bytes) -> list[bytes]:
+    """The DER of every CRL in a PEM bundle, each checked to parse. Keep the DER where the
+    signed bytes are needed: cryptography re-encodes a CRL to hand them out."""
+    ders = []
     for chunk in data.split(b"-----BEGIN X509 CRL-----")[1:]:
         body, end, _ = chunk.partition(b"-----END X509 CRL-----")
         try:
             if not end:
                 raise ValueError("unterminated")
-            crls.append(x509.load_der_x509_crl(base64.b64decode(body, validate=False)))
+            der = base64.b64decode(body, validate=False)
+            x509.load_der_x509_crl(der)
         except (ValueError, binascii.Error):
             raise InvalidInput("malformed CRL in bundle") from None
-    return crls
+        ders.append(der)
+    return ders
 
 
-def revoked_entries(crl: x509.CertificateRevocationList) -> list[bytes]:
+def revoked_entries(crl_der: bytes) -> list[bytes]:
     """The DER of each revokedCertificates element, as `encode_entry` makes them, without
     building an object per entry (a 100,000-entry CRL splits in milliseconds)."""
-    fields = children(crl.tbs_certlist_bytes)
+    sequence = revoked_sequence(crl_der)
+    return _elements(sequence) if sequence else []
+
+
+def revoked_sequence(crl_der: bytes) -> bytes:
+    """The encoded revokedCertificates SEQUENCE of a CRL; empty when it lists none."""
+    fields = children(children(crl_der)[0])
     # version, signature, issuer, thisUpdate, [nextUpdate], [revokedCertificates], [0] extensions
     for item in fields[4:]:
         if item[0] == 0x30:
-            return children(item)
-    return []
+            return item
+    return b""
+
+
+def _elements(sequence: bytes) -> list[bytes]:
+    """The elements inside one SEQUENCE: `der.children`, unrolled for 100,000 entries."""
+    found: list[bytes] = []
+    append = found.append
+    first = sequence[1]
+    at = 2 if first < 0x80 else 2 + (first & 0x7F)
+    end = len(sequence)
+    while at < end:
+        length = sequence[at + 1]
+        if length < 0x80:
+            stop = at + 2 + length
+        else:
+            size = length & 0x7F
+            stop = at + 2 + size + int.from_bytes(sequence[at + 2 : at + 2 + size], "big")
+        append(sequence[at:stop])
+        at = stop
+    return found
 
 
 def entry_serial(entry: bytes) -> int:

@@ -5,6 +5,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
+from mcp_pki.pki.der import children
 from mcp_pki.pki.keys import SigningKey, signature_hash_for
 
 # Kept in step with keys.signature_hash_for, which picks the hash when signing.
@@ -44,14 +45,14 @@ def is_signed_by(certificate: x509.Certificate, signature: bytes, data: bytes) -
     return True
 
 
-def is_crl_signed_by(crl: x509.CertificateRevocationList, certificate: x509.Certificate) -> bool:
-    """Whether `crl` is signed by the CA of `certificate` (and names it as its issuer)."""
+def is_crl_signed_by(crl_der: bytes, certificate: x509.Certificate) -> bool:
+    """Whether the CRL is signed by the CA of `certificate` (and names it as its issuer)."""
+    crl = x509.load_der_x509_crl(crl_der)
     if crl.issuer != certificate.subject:
         return False
     public_key = certificate.public_key()
     if not isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey):
         return False
-    try:
-        return crl.is_signature_valid(public_key)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
+    # The signature over the TBS bytes as they are, made as `sign` makes it: cryptography's
+    # is_signature_valid re-encodes every entry first, a third of a second at 100,000.
+    return is_signed_by(certificate, crl.signature, children(crl_der)[0])

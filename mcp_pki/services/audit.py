@@ -225,7 +225,7 @@ def _compare_with_signed_crls(session: Session, crl_file: Path | None) -> str | 
     authorities = {a.id: a for a in session.scalars(select(Authority))}
     certificates = {i: x509.load_pem_x509_certificate(a.certificate_pem.encode()) for i, a in authorities.items()}
     for authority_id, signed in newest_signed_crls(session, certificates, crl_file).items():
-        listed = {entry_serial(entry) for entry in revoked_entries(signed.crl)}
+        listed = {entry_serial(entry) for entry in revoked_entries(signed.der)}
         held = {
             int(serial, 16): (not_after, revoked_at)
             for serial, not_after, revoked_at in session.execute(

@@ -5,7 +5,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -22,9 +22,11 @@ from mcp_pki.pki.crl import (
     crl_number,
     encode_entry,
     entry_serial,
-    load_crls,
+    load_crl_ders,
     revoked_entries,
+    revoked_sequence,
 )
+from mcp_pki.pki.der import der as der_element
 from mcp_pki.pki.der import pem_encode
 from mcp_pki.pki.profiles import Issuer
 from mcp_pki.pki.signatures import is_crl_signed_by
@@ -84,7 +86,7 @@ def publish_crls(
                 f"was signed at {iso_utc(last.this_update)}. Fix the system clock; CRLs are not signed "
                 f"while the clock is earlier than the newest CRL"
             )
-    revoked = _revoked_by_issuer(session, previous, now=now)
+    revoked = _revoked_by_issuer(session, [a.id for a in authorities], previous, now=now)
     published = []
     # Newest CA first: the issuing CA's CRL, then the root's, as crl.pem lists them.
     for authority in authorities:
@@ -127,6 +129,7 @@ class SignedCrl:
     """The newest CRL of one CA whose signature checks out, from the inventory or crl.pem."""
 
     crl: x509.CertificateRevocationList
+    der: bytes
     number: int
     this_update: datetime
     source: str  # "the inventory" or the file's path
@@ -141,13 +144,13 @@ def newest_signed_crls(
     whose signature does not verify is ignored with a warning: anyone who can write the home
     folder could plant one with a huge number and block every later publication.
     """
-    candidates: list[tuple[x509.CertificateRevocationList, str]] = []
+    candidates: list[tuple[bytes, str]] = []
     rows = session.execute(
         select(CrlPublication.authority_id, CrlPublication.crl_pem).where(CrlPublication.crl_pem != "")
     ).all()
     for _, text in rows:
         try:
-            candidates.extend((crl, "the inventory") for crl in load_crls(text.encode("ascii")))
+            candidates.extend((der, "the inventory") for der in load_crl_ders(text.encode("ascii")))
         except (InvalidInput, UnicodeEncodeError):
             logger.warning("an unreadable CRL in the inventory was ignored")
     if published_file is not None:
@@ -155,20 +158,39 @@ def newest_signed_crls(
             data = published_file.read_bytes()
         except OSError:
             data = b""
+        if data == b"".join(text.encode("ascii", "replace") for _, text in sorted(rows, reverse=True)):
+            data = b""  # crl.pem as we last wrote it: the same CRLs as the inventory's
         try:
-            candidates.extend((crl, str(published_file)) for crl in load_crls(data))
+            candidates.extend((der, str(published_file)) for der in load_crl_ders(data))
         except InvalidInput:
             logger.warning("%s holds a malformed CRL: ignored", published_file)
+    parsed = [(x509.load_der_x509_crl(der), der, source) for der, source in candidates]
+    # Highest number first, each distinct CRL verified once, until each CA has one that
+    # verifies: verifying a 100,000-entry CRL is the costly step.
+    parsed.sort(key=lambda c: crl_number(c[0]) or 0, reverse=True)
+    key_ids = {i: _subject_key_id(c) for i, c in certificates.items()}
     newest: dict[int, SignedCrl] = {}
-    for crl, source in candidates:
-        number = crl_number(crl)
-        signer = next((i for i, c in certificates.items() if is_crl_signed_by(crl, c)), None)
-        if signer is None or number is None:
+    seen: set[bytes] = set()
+    for crl, der, source in parsed:
+        number, key_id = crl_number(crl), authority_key_id(crl)
+        signer = next((i for i, k in key_ids.items() if k == key_id), None)
+        if signer is not None and signer in newest:
+            continue
+        if der in seen:
+            continue
+        seen.add(der)
+        if signer is None or number is None or not is_crl_signed_by(der, certificates[signer]):
             logger.warning("a CRL in %s is not signed by this CA: ignored", source)
             continue
-        if signer not in newest or number > newest[signer].number:
-            newest[signer] = SignedCrl(crl, number, crl.last_update_utc, source)
+        newest[signer] = SignedCrl(crl, der, number, crl.last_update_utc, source)
     return newest
+
+
+def _subject_key_id(certificate: x509.Certificate) -> bytes | None:
+    try:
+        return certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        return None
 
 
 def _refuse_dropped(
@@ -176,8 +198,10 @@ def _refuse_dropped(
 ) -> None:
     """Refuse to publish when a serial on the previous signed CRL is missing from `entries`
     while its certificate has not expired: the revocation was removed from the database."""
+    if revoked_sequence(last.der) == (der_element(0x30, b"".join(entries)) if entries else b""):
+        return  # exactly the entries of the previous CRL: the usual republication
     current = set(entries)
-    dropped = [e for e in revoked_entries(last.crl) if e not in current]
+    dropped = [e for e in revoked_entries(last.der) if e not in current]
     if not dropped:
         return
     still_listed = {entry_serial(e) for e in entries}
@@ -213,38 +237,36 @@ def _expired(session: Session, authority: Authority, serial: int, *, now: dateti
 
 
 def _revoked_by_issuer(
-    session: Session, previous: dict[int, SignedCrl], *, now: datetime
+    session: Session, authority_ids: list[int], previous: dict[int, SignedCrl], *, now: datetime
 ) -> dict[int, list[bytes]]:
     """Encoded CRL entries by issuing CA, read in one pass over the revocations.
 
     An entry stays until one CRL has been published after the certificate expired (RFC 5280
     3.3): it is dropped once its certificate has expired both before the previous signed
     CRL of its CA and before now. Both, so that one run with the clock ahead cannot make
-    later CRLs drop entries of certificates that are still valid. Only the columns needed
-    are read, on the Core connection, since per-row ORM work would dominate at 100,000
-    entries.
+    later CRLs drop entries of certificates that are still valid. Every CA publishes at
+    once, so one cutoff normally serves all; the cutoff is applied in SQL and only the
+    columns needed are read, on the Core connection, since per-row work would dominate at
+    100,000 entries.
     """
-    oldest_previous = min((c.this_update for c in previous.values()), default=None)
-    query = (
-        select(Certificate.issuer_id, Certificate.not_after, Revocation.crl_entry)
-        .select_from(Revocation)
-        .join(Certificate, Revocation.certificate_id == Certificate.id)
-        .order_by(Revocation.certificate_id)
-    )
-    if oldest_previous is not None:
-        query = query.where(Certificate.not_after >= min(oldest_previous, now))
+    groups: dict[datetime | None, set[int]] = {}
+    for authority_id in authority_ids:
+        last = previous.get(authority_id)
+        groups.setdefault(min(last.this_update, now) if last else None, set()).add(authority_id)
     by_issuer: dict[int, list[bytes]] = {}
-    for issuer_id, not_after, entry in session.connection().execute(query).all():
-        last = previous.get(issuer_id)
-        if last is not None and _as_utc(not_after) < min(last.this_update, now):
-            continue
-        by_issuer.setdefault(issuer_id, []).append(entry)
+    for cutoff, ids in groups.items():
+        query = (
+            select(Certificate.issuer_id, Revocation.crl_entry)
+            .select_from(Revocation)
+            .join(Certificate, Revocation.certificate_id == Certificate.id)
+            .order_by(Revocation.certificate_id)
+        )
+        if cutoff is not None:
+            query = query.where(Certificate.not_after >= cutoff)
+        for issuer_id, entry in session.connection().execute(query).all():
+            if issuer_id in ids:
+                by_issuer.setdefault(issuer_id, []).append(entry)
     return by_issuer
-
-
-def _as_utc(moment: datetime) -> datetime:
-    """Core queries bypass the ORM type's conversion on some backends: naive means UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def new_revocation(
@@ -258,20 +280,26 @@ def new_revocation(
     )
 
 
-def _published_numbers(path: Path, signers: list[x509.Certificate]) -> dict[bytes, int]:
-    """CRL numbers in the published file, by the issuing CA's key identifier, counting only
-    CRLs that one of `signers` signed: a forged CRL with a huge number must not stop us from
-    ever replacing the file."""
+def _published_numbers(path: Path, ours: list[PublishedCrl]) -> dict[bytes, int]:
+    """CRL numbers in the published file, by the issuing CA's key identifier.
+
+    A number that would keep `ours` from being written counts only if one of our CAs signed
+    that CRL: a forged CRL with a huge number must not stop us from ever replacing the
+    file. (Lower numbers need no check: they never block a write.)
+    """
     try:
-        crls = load_crls(path.read_bytes())
+        ders = load_crl_ders(path.read_bytes())
     except (OSError, InvalidInput):
         return {}
+    mine = {crl.key_id: crl for crl in ours}
     numbers: dict[bytes, int] = {}
-    for crl in crls:
+    for der in ders:
+        crl = x509.load_der_x509_crl(der)
         key_id, number = authority_key_id(crl), crl_number(crl)
         if key_id is None or number is None:
             continue
-        if not any(is_crl_signed_by(crl, signer) for signer in signers):
+        candidate = mine.get(key_id)
+        if candidate is not None and number > candidate.number and not is_crl_signed_by(der, candidate.ca_certificate):
             logger.warning("%s holds a CRL that this CA did not sign: it will be replaced", path)
             continue
         numbers[key_id] = max(number, numbers.get(key_id, 0))
@@ -291,7 +319,7 @@ def write_crl_file(path: Path, crls: list[PublishedCrl]) -> bool:
     lacks a revocation. Returns whether the file was written.
     """
     with _exclusive(path.with_name(".crl.lock")):
-        published = _published_numbers(path, [crl.ca_certificate for crl in crls])
+        published = _published_numbers(path, crls)
         if any(published.get(crl.key_id, 0) > crl.number for crl in crls):
             return False
         files = OutputFiles()

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mcp_pki.errors import Ambiguous, Conflict, InvalidInput, NotFound
-from mcp_pki.pki.crl import RevocationReason, entry_serial, load_crls, revoked_entries
+from mcp_pki.pki.crl import RevocationReason, entry_serial, load_crl_ders, revoked_entries
 from mcp_pki.pki.profiles import Issuer
 from mcp_pki.services import audit
 from mcp_pki.services.authority import PassphraseSource, signing_chain, unlock_all
@@ -169,7 +169,7 @@ class _RepublishInstead(Exception):
 def _published(home: Home, certificate: Certificate) -> bool:
     """Whether crl.pem lists the revoked `certificate` (or it has since expired off it)."""
     try:
-        crls = load_crls(home.crl_file.read_bytes())
+        crls = load_crl_ders(home.crl_file.read_bytes())
     except (OSError, InvalidInput):
         return False
     serial = int(certificate.serial, 16)
