@@ -276,3 +276,45 @@ def test_requests_that_open_no_session_hold_no_place(pki: Cli, tmp_path: Path) -
             assert status == 200 and answer is not None and answer["result"]["content"][0]["text"] == "one place"
         finally:
             client.close()
+
+
+def test_calls_unanswered_when_a_session_ends_or_cancelled_get_their_line(
+        pki: Cli, policy_gateway: tuple[Gateway, Path]) -> None:
+    gateway, policy = policy_gateway
+    folder = policy.parent
+
+    def pending_call(client: RawClient, request_id: int) -> threading.Thread:
+        assert client.connection.sock is not None
+        client.connection.sock.settimeout(3)  # no answer comes: bounded
+        thread = threading.Thread(target=lambda: _quietly(lambda: client.post(
+            {"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
+             "params": {"name": "wait", "arguments": {"seconds": 20}}})))
+        thread.start()
+        time.sleep(0.7)  # pending upstream
+        return thread
+
+    def lines(session: str | None) -> list[tuple[object, object]]:
+        return [(c["target"], c["outcome"]) for c in _calls(folder)
+                if c["session"] == session and c["method"] == "tools/call"]
+
+    caller, other = RawClient(pki, pki.cwd / "bob", gateway.port), RawClient(pki, pki.cwd / "bob", gateway.port)
+    try:
+        caller.initialize()
+        other.session = caller.session
+        thread = pending_call(caller, 11)
+        status, _messages, _ = other.post({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                                           "params": {"requestId": 11, "reason": "changed my mind"}})
+        assert status == 202
+        wait_until(lambda: lines(caller.session) == [("wait", "cancelled")], "the cancelled call's line")
+        thread.join(10)
+        caller.close()
+        caller = RawClient(pki, pki.cwd / "bob", gateway.port)
+        caller.initialize()
+        other.session = caller.session
+        thread = pending_call(caller, 12)
+        assert other.delete() == 200
+        wait_until(lambda: lines(caller.session) == [("wait", "error")], "the ended session's line")
+        thread.join(10)
+    finally:
+        caller.close()
+        other.close()

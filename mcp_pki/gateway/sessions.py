@@ -131,6 +131,11 @@ class Relay:
                 elif isinstance(message, JSONRPCNotification) and not message.method.startswith("notifications/"):
                     await self._drop_notification(message)
                     continue
+                elif isinstance(message, JSONRPCNotification) and message.method == "notifications/cancelled":
+                    # The upstream answers a cancelled request with nothing: its line now.
+                    cancelled = (message.params or {}).get("requestId")
+                    if isinstance(cancelled, int | str) and cancelled in self.pending:
+                        await self._record(cancelled, "allowed", "cancelled")
                 await upstream.send(message)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass  # the session was ended (DELETE, idle, revocation): its streams are closed
@@ -146,6 +151,12 @@ class Relay:
             related = self._related_request(message)
             metadata = ServerMessageMetadata(related_request_id=related) if related is not None else None
             await to_client.send(SessionMessage(message, metadata=metadata))
+
+    async def record_unanswered(self) -> None:
+        """The session ends (DELETE, revocation, idle, shutdown) with requests unanswered:
+        each still gets its line in the tool-call log, as an error."""
+        for request_id in list(self.pending):
+            await self._record(request_id, "allowed", "error")
 
     async def fail_pending(self, to_client: "WriteStream[SessionMessage]", reason: str) -> None:
         """Answer every request still waiting: an error now beats a call that never returns."""
@@ -368,6 +379,7 @@ class SessionManager:
                         # close on purpose (and its id answers 404 from now on).
                         self.sessions.pop(session.id, None)
                         with anyio.CancelScope(shield=True):
+                            await relay.record_unanswered()
                             if not transport.is_terminated:
                                 await transport.terminate()
             except Exception:
