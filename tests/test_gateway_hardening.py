@@ -256,7 +256,8 @@ def test_a_crl_refresh_that_is_not_a_sane_number_of_seconds_is_refused(pki: Cli)
 def test_requests_that_open_no_session_hold_no_place(pki: Cli, tmp_path: Path) -> None:
     """With --max-sessions 1, bodies that are not an initialize and an initialize the transport
     refuses (an Accept header without event streams) leave the one place free."""
-    with Gateway(pki, "--as", "srv", "--max-sessions", "1", log=tmp_path / "gateway.log",
+    with Gateway(pki, "--as", "srv", "--max-sessions", "1", "--audit-log", str(tmp_path / "calls.jsonl"),
+                 log=tmp_path / "gateway.log",
                  env={"TOOLBOX_SIDE_EFFECTS": str(tmp_path / "appended.txt")}) as gateway:
         client = RawClient(pki, pki.cwd / "bob", gateway.port)
         try:
@@ -274,6 +275,15 @@ def test_requests_that_open_no_session_hold_no_place(pki: Cli, tmp_path: Path) -
             client.initialize()  # the place is still free
             status, answer = client.call("echo", text="one place")
             assert status == 200 and answer is not None and answer["result"]["content"][0]["text"] == "one place"
+            # The place taken, the next initialize is refused (503), and that is in the log too.
+            second = RawClient(pki, pki.cwd / "alice", gateway.port)
+            try:
+                status, _messages, _ = second.post(initialize)
+            finally:
+                second.close()
+            assert status == 503
+            refused = [c for c in _calls(tmp_path) if c["decision"] == "denied"]
+            assert [(c["name"], c["method"], c["session"]) for c in refused] == [("alice", "initialize", None)], refused
         finally:
             client.close()
 
@@ -318,3 +328,20 @@ def test_calls_unanswered_when_a_session_ends_or_cancelled_get_their_line(
     finally:
         caller.close()
         other.close()
+
+
+def test_a_request_on_another_certificates_session_is_in_the_log_as_denied(
+        pki: Cli, policy_gateway: tuple[Gateway, Path]) -> None:
+    gateway, policy = policy_gateway
+    owner, thief = RawClient(pki, pki.cwd / "bob", gateway.port), RawClient(pki, pki.cwd / "alice", gateway.port)
+    try:
+        owner.initialize()
+        status, _messages, _ = thief.post({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                                           "params": {"name": "append", "arguments": {"line": "stolen"}}},
+                                          session=owner.session)
+        assert status == 404
+        refused = [c for c in _calls(policy.parent) if c["session"] == owner.session and c["name"] == "alice"]
+        assert [(c["method"], c["target"], c["decision"]) for c in refused] == [("tools/call", "append", "denied")]
+    finally:
+        owner.close()
+        thief.close()

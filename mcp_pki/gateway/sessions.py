@@ -194,7 +194,8 @@ class Relay:
                        message.method, identity.label, self.session.label)
         await self._write(self._pending_of(message), "denied", "error")
 
-    def _pending_of(self, request: JSONRPCRequest | JSONRPCNotification) -> _Pending:
+    @staticmethod
+    def _pending_of(request: JSONRPCRequest | JSONRPCNotification) -> _Pending:
         params = request.params or {}
         guarded = GUARDED_METHODS.get(request.method)
         target = params.get(guarded[1]) if guarded else None
@@ -241,14 +242,7 @@ class Relay:
             await self._write(pending, decision, outcome)
 
     async def _write(self, pending: _Pending, decision: str, outcome: str) -> None:
-        identity = self.session.owner.identity
-        await self._calllog.append({
-            "time": iso_utc(pending.at), "serial": identity.serial, "name": identity.name,
-            "roles": list(identity.roles), "session": self.session.id, "method": pending.method,
-            "target": pending.target, "arguments_sha256": pending.arguments_sha256,
-            "decision": decision, "outcome": outcome,
-            "duration_ms": round((time.monotonic() - pending.started) * 1000, 3),
-        })
+        await self._calllog.append(_line(pending, self.session.owner.identity, self.session.id, decision, outcome))
 
     def _filtered(self, pending: _Pending, response: JSONRPCResponse) -> JSONRPCResponse:
         listed = LISTED_METHODS.get(pending.method)
@@ -322,6 +316,10 @@ class SessionManager:
                 if session is not None:
                     logger.warning("refused %s the session of %s (the session id of another certificate)",
                                    peer.identity.label, session.owner.identity.label)
+                if scope.get("method") == "POST":
+                    refused = await receive()
+                    receive = _replaying(refused, receive)
+                    await self._record_refused(peer, raw_id.decode("latin-1"), refused.get("body", b""))
                 await error_response("Session not found", 404)(scope, receive, send)
                 return
             await session.transport.handle_request(scope, receive, send)
@@ -344,6 +342,7 @@ class SessionManager:
         if len(self.sessions) >= self.max_sessions:
             logger.warning("refused a new session for %s: %d sessions are open (--max-sessions)",
                            peer.identity.label, len(self.sessions))
+            await self._record_refused(peer, None, opening.get("body", b""))
             await error_response("Too many open sessions", 503, INTERNAL_ERROR)(scope, receive, send)
             return
         assert self._tasks is not None
@@ -364,6 +363,15 @@ class SessionManager:
             # Refused by the transport (an Accept header without both types, a bad version):
             # no client holds this session, so it must not hold a place until it idles out.
             self._forget(session, "the opening request failed")
+
+    async def _record_refused(self, peer: Peer, session_id: str | None, body: bytes) -> None:
+        """A request refused before any session relayed it (another certificate's session id,
+        no place for a new session) still gets its line in the tool-call log, as denied."""
+        try:
+            request = JSONRPCRequest.model_validate_json(body)
+        except ValueError:
+            return  # not a request: nothing that a line could name
+        await self._calllog.append(_line(Relay._pending_of(request), peer.identity, session_id, "denied", "error"))
 
     async def _serve(self, session: Session, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         transport = session.transport
@@ -429,6 +437,19 @@ class SessionManager:
                             break
         if idle.cancelled_caught:
             session.ended_because = f"idle for {self.idle_seconds:g} s"
+
+
+def _line(pending: _Pending, identity: Identity, session_id: str | None, decision: str,
+          outcome: str) -> dict[str, Any]:
+    """One tool-call log entry: who, which session, what was asked (the arguments' digest
+    only), what the gateway decided, how it ended, and how long it took."""
+    return {
+        "time": iso_utc(pending.at), "serial": identity.serial, "name": identity.name,
+        "roles": list(identity.roles), "session": session_id, "method": pending.method,
+        "target": pending.target, "arguments_sha256": pending.arguments_sha256,
+        "decision": decision, "outcome": outcome,
+        "duration_ms": round((time.monotonic() - pending.started) * 1000, 3),
+    }
 
 
 def _is_initialize(body: bytes) -> bool:
