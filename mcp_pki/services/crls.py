@@ -99,7 +99,8 @@ def publish_crls(
         number = highest + 1
         if number > MAX_CRL_NUMBER:
             raise PolicyViolation(
-                f"the CRL number of {authority.subject} has reached the largest that RFC 5280 allows (20 octets)"
+                f"the CRL number of {authority.subject} has reached the largest the inventory can store "
+                f"({MAX_CRL_NUMBER}); a forged or corrupted number got there: run 'mcp-pki audit verify'"
             )
         entries = revoked.get(authority.id, [])
         if last is not None:
