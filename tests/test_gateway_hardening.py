@@ -206,6 +206,9 @@ def test_an_older_crl_put_back_is_refused_and_revoked_clients_stay_out(
         status, _answer = carol.request("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
                                                        "clientInfo": {"name": "raw", "version": "1"}})
         assert status == 403
+        refused = [(c["method"], c["target"]) for c in _calls(_policy.parent)
+                   if c["name"] == "carol" and c["decision"] == "denied"]
+        assert refused == [("tools/call", "echo"), ("initialize", None)], refused  # both 403s
         # And a new handshake (OpenSSL keeps the newest CRL it was given).
         with pytest.raises(OSError):
             RawClient(pki, pki.cwd / "carol", gateway.port).initialize()

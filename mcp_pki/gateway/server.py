@@ -92,6 +92,11 @@ class GatewayApp:
             ended = self.sessions.end_where(lambda s: refusal if s.owner.identity.serial == serial else None)
             logger.warning("refused %s: %s%s", peer.identity.label, refusal,
                            f" (ended {ended} session(s))" if ended else "")
+            if scope["method"] == "POST":
+                body = await _read_body(receive, self.body_limit)
+                if body is not None:
+                    session_id = _header(scope, b"mcp-session-id")
+                    await self.sessions.record_refused(peer, session_id, body)
             await error_response(f"Forbidden: {refusal}", 403)(scope, receive, send)
             return
         if scope["path"].rstrip("/") != ENDPOINT:
@@ -116,6 +121,19 @@ class GatewayApp:
             # A lone answer as JSON: the client keeps its connection (see answers.py).
             send = JsonWhenAlone(send)
         await self.sessions.handle(peer, scope, receive, send)
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request body, or None past `limit` (what is read of it is drained all the same)."""
+    body = bytearray()
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if len(body) > limit:
+            await _drain(receive, DRAIN_LIMIT)
+            return None
+        if message.get("type") != "http.request" or not message.get("more_body"):
+            return bytes(body)
 
 
 async def _drain(receive: Receive, limit: int) -> None:

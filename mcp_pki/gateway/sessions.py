@@ -319,7 +319,7 @@ class SessionManager:
                 if scope.get("method") == "POST":
                     refused = await receive()
                     receive = _replaying(refused, receive)
-                    await self._record_refused(peer, raw_id.decode("latin-1"), refused.get("body", b""))
+                    await self.record_refused(peer, raw_id.decode("latin-1"), refused.get("body", b""))
                 await error_response("Session not found", 404)(scope, receive, send)
                 return
             await session.transport.handle_request(scope, receive, send)
@@ -342,7 +342,7 @@ class SessionManager:
         if len(self.sessions) >= self.max_sessions:
             logger.warning("refused a new session for %s: %d sessions are open (--max-sessions)",
                            peer.identity.label, len(self.sessions))
-            await self._record_refused(peer, None, opening.get("body", b""))
+            await self.record_refused(peer, None, opening.get("body", b""))
             await error_response("Too many open sessions", 503, INTERNAL_ERROR)(scope, receive, send)
             return
         assert self._tasks is not None
@@ -364,9 +364,10 @@ class SessionManager:
             # no client holds this session, so it must not hold a place until it idles out.
             self._forget(session, "the opening request failed")
 
-    async def _record_refused(self, peer: Peer, session_id: str | None, body: bytes) -> None:
-        """A request refused before any session relayed it (another certificate's session id,
-        no place for a new session) still gets its line in the tool-call log, as denied."""
+    async def record_refused(self, peer: Peer, session_id: str | None, body: bytes) -> None:
+        """A request refused before any session relayed it (a revoked or expired certificate,
+        another certificate's session id, no place for a new session) still gets its line in
+        the tool-call log, as denied."""
         try:
             request = JSONRPCRequest.model_validate_json(body)
         except ValueError:
