@@ -388,9 +388,11 @@ class SessionManager:
                         # close on purpose (and its id answers 404 from now on).
                         self.sessions.pop(session.id, None)
                         with anyio.CancelScope(shield=True):
-                            await relay.record_unanswered()
                             if not transport.is_terminated:
                                 await transport.terminate()
+                            # After terminate: a request racing the end gets the transport's
+                            # own refusal rather than a stream closed under it.
+                            await relay.record_unanswered()
             except Exception:
                 # One session's failure is its own: the gateway and the other sessions go on.
                 logger.exception("%s failed", session.label)
