@@ -226,3 +226,16 @@ class RawClient:
 
     def close(self) -> None:
         self.connection.close()
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` still runs. A zombie counts as gone: it only waits for its
+    parent to reap it."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False

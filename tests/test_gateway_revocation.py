@@ -6,7 +6,6 @@ already has, in the session it already has (whose process ends), and at the next
 while other clients go on. A CRL that does not verify changes nothing.
 """
 
-import os
 import ssl
 import time
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Cli
-from tests.gateway_support import Gateway, RawClient, new_ca, wait_until
+from tests.gateway_support import Gateway, RawClient, new_ca, process_alive, wait_until
 from tests.test_tls_revocation import publish_expired_crls
 
 REFRESH = 1.0  # --crl-refresh, seconds
@@ -34,14 +33,6 @@ def gateway(pki: Cli, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gate
     log = tmp_path_factory.mktemp("gateway") / "gateway.log"
     with Gateway(pki, "--as", "srv", "--crl-refresh", str(REFRESH), log=log) as running:
         yield running
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _refused(client: RawClient) -> bool:
@@ -71,7 +62,7 @@ def test_a_revoked_client_is_shut_out_of_its_open_connection_and_session(pki: Cl
         assert status == 200 and answer is not None, answer
         carol_pid = int(answer["result"]["content"][0]["text"])
         socket_before = carol.connection.sock
-        assert _alive(carol_pid)
+        assert process_alive(carol_pid)
 
         crl = pki.home / "crl.pem"
         published_before = crl.stat().st_mtime
@@ -89,7 +80,7 @@ def test_a_revoked_client_is_shut_out_of_its_open_connection_and_session(pki: Cl
         assert took <= 2 * REFRESH, f"the request sent {took:.2f} s after the new CRL was still served"
         assert carol.connection.sock is socket_before  # the same keep-alive connection
         # Her session ended with its process; a new connection fails at the handshake.
-        wait_until(lambda: not _alive(carol_pid), "the end of carol's server process", timeout=5)
+        wait_until(lambda: not process_alive(carol_pid), "the end of carol's server process", timeout=5)
         assert _handshake_refused(pki, pki.cwd / "carol", gateway.port)
         # Dave is unaffected: same session, same connection.
         status, answer = dave.call("echo", text="still here")

@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Cli, Result, assert_clean_error
-from tests.gateway_support import MCP_PKI, TOOLBOX, Gateway, RawClient, new_ca, wait_until
+from tests.gateway_support import (
+    MCP_PKI,
+    TOOLBOX,
+    Gateway,
+    RawClient,
+    new_ca,
+    process_alive,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")
@@ -30,18 +38,6 @@ def gateway(pki: Cli, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gate
     with Gateway(pki, "--as", "srv", "--max-sessions", "3", "--max-body", "4096", log=folder / "gateway.log",
                  env={"TOOLBOX_SIDE_EFFECTS": str(folder / "appended.txt")}) as running:
         yield running
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is gone for our purposes: it only waits for its parent to reap it.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _pid(client: RawClient) -> int:
@@ -68,7 +64,7 @@ def test_each_session_has_its_own_process_and_belongs_to_its_certificate(pki: Cl
         alice.initialize()
         bob.initialize()
         alice_pid, bob_pid = _pid(alice), _pid(bob)
-        assert alice_pid != bob_pid and _alive(alice_pid) and _alive(bob_pid)
+        assert alice_pid != bob_pid and process_alive(alice_pid) and process_alive(bob_pid)
         # Bob presents alice's session id: 404, as if it did not exist, and alice's session is untouched.
         status, messages, _ = bob.post({"jsonrpc": "2.0", "id": 99, "method": "tools/call",
                                         "params": {"name": "pid", "arguments": {}}}, session=alice.session)
@@ -77,7 +73,7 @@ def test_each_session_has_its_own_process_and_belongs_to_its_certificate(pki: Cl
         assert "refused bob" in gateway.stderr()
         # DELETE ends the session and its process.
         assert alice.delete() in (200, 204)
-        wait_until(lambda: not _alive(alice_pid), "the end of alice's process")
+        wait_until(lambda: not process_alive(alice_pid), "the end of alice's process")
         status, _ = alice.request("ping")
         assert status == 404
         assert bob.delete() in (200, 204)
@@ -128,7 +124,7 @@ def test_idle_sessions_end(pki: Cli, tmp_path: Path) -> None:
         try:
             idle.initialize()
             idle_pid = _pid(idle)
-            wait_until(lambda: not _alive(idle_pid), "the idle session's end", timeout=15)
+            wait_until(lambda: not process_alive(idle_pid), "the idle session's end", timeout=15)
             assert idle.request("ping")[0] == 404
             wait_until(lambda: "idle for 2 s" in gateway.stderr(), "the log line saying why it ended")
         finally:
@@ -234,7 +230,7 @@ def test_sigterm_ends_every_session_and_leaves_no_process(pki: Cli, gateway: Gat
         started = time.monotonic()
         assert gateway.stop(signal.SIGTERM, timeout=10) == 0
         assert time.monotonic() - started < 10
-        assert not any(_alive(pid) for pid in pids)
+        assert not any(process_alive(pid) for pid in pids)
         assert "SIGTERM: stopping (2 session(s) open)" in gateway.stderr()
         assert "Traceback" not in gateway.stderr()
     finally:
