@@ -22,6 +22,7 @@ from mcp.client.streamable_http import streamable_http_client
 from tests.conftest import Cli, listening
 from tests.gateway_support import (
     TOOLBOX,
+    CountingRelay,
     Gateway,
     client_context,
     dump,
@@ -101,6 +102,29 @@ def test_upstream_results_equal_direct_http_and_identity_headers_are_ours(
     assert "CN=alice" in seen["x-client-dn"] and "OU=analyst" in seen["x-client-dn"]
     assert len(seen["x-client-fingerprint"]) == 40
     assert after_forgery == seen
+
+
+def test_the_gateway_keeps_its_connection_to_the_upstream_across_calls(
+    pki: Cli, http_server: str, tmp_path: Path,
+) -> None:
+    """The SDK client closes an answer's event stream before its end; the gateway reads the
+    rest, so its calls share a connection instead of opening one each."""
+    relay = CountingRelay(int(http_server.split(":")[2].split("/")[0]))
+    calls = 12
+    try:
+        with Gateway(pki, "--as", "srv", "--upstream", f"http://127.0.0.1:{relay.port}/mcp", command=[],
+                     log=tmp_path / "gateway.log") as running:
+            async def run() -> list[str]:
+                with anyio.fail_after(60):
+                    async with mtls_session(pki, pki.cwd / "alice", running.url) as session:
+                        return [dump(await session.call_tool("echo", {"text": str(i)}))["content"][0]["text"]
+                                for i in range(calls)]
+
+            assert anyio.run(run) == [str(i) for i in range(calls)]
+    finally:
+        relay.close()
+    # The POSTs share one connection; the session's GET stream and its DELETE may hold others.
+    assert relay.accepted <= 4, f"{relay.accepted} connections for {calls} calls"
 
 
 def test_a_host_reaches_a_stdio_server_through_bridge_and_gateway(pki: Cli, tmp_path: Path) -> None:

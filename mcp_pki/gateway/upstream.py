@@ -9,9 +9,11 @@ session, and its last lines are kept to explain a crash.
 """
 
 import collections
+import functools
 import logging
 import os
 import signal
+import ssl
 import subprocess
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -34,6 +36,8 @@ MAX_LINE = 64 * 1024 * 1024  # one JSON-RPC message on stdout; more is a broken 
 STDERR_TAIL = 20  # lines kept to explain an exit
 EXIT_WAIT, TERM_WAIT = 1.0, 2.0  # seconds after closing stdin, then after SIGTERM
 HTTP_TIMEOUT, HTTP_READ_TIMEOUT = 30.0, 300.0
+# What an answer's event stream may still hold after the answer, read to keep its connection.
+DRAIN_SECONDS, DRAIN_BYTES = 0.25, 64 * 1024
 
 
 class UpstreamFailed(Exception):
@@ -178,12 +182,69 @@ class HttpUpstream:
         return self._reason
 
 
+class _KeepAliveTransport(httpx2.AsyncBaseTransport):
+    """httpx's transport, keeping the connection of a POST whose answer came as an event stream.
+
+    The SDK client stops reading such a stream at the answer's event and closes it, before the
+    chunk that ends it; a connection with an unread response cannot be reused, so every call
+    would open a new one (a TCP handshake, and the server's per-connection set-up). The rest
+    of the stream follows the answer at once: reading it, within a short bound, returns the
+    connection to the pool. Only POST answers are drained; a GET stream never ends by itself.
+    """
+
+    def __init__(self) -> None:
+        self._inner = httpx2.AsyncHTTPTransport(verify=_verifying_context(), trust_env=False)
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = await self._inner.handle_async_request(request)
+        if request.method == "POST":
+            response.stream = _DrainedOnClose(response.stream)  # type: ignore[arg-type]
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+@functools.cache
+def _verifying_context() -> ssl.SSLContext:
+    """The system's trust store for an https upstream, loaded once rather than per session
+    (loading it costs more than a call)."""
+    return ssl.create_default_context()
+
+
+class _DrainedOnClose(httpx2.AsyncByteStream):
+    def __init__(self, inner: httpx2.AsyncByteStream) -> None:
+        self._inner = inner
+        self._parts = inner.__aiter__()
+        self._ended = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for part in self._parts:
+            yield part
+        self._ended = True
+
+    async def aclose(self) -> None:
+        try:
+            if not self._ended:
+                with anyio.move_on_after(DRAIN_SECONDS):
+                    read = 0
+                    async for part in self._parts:
+                        read += len(part)
+                        if read > DRAIN_BYTES:
+                            break  # more than an answer's tail: let the connection go
+        except Exception:  # noqa: BLE001 - a failed drain only costs the connection
+            pass
+        finally:
+            await self._inner.aclose()
+
+
 @asynccontextmanager
 async def http_upstream(url: str, headers: Mapping[str, str], label: str) -> AsyncIterator[HttpUpstream]:
     """A session with the HTTP server, carrying the verified identity in `headers` on every
     request; the client's own headers never reach it (only message bodies are relayed)."""
     client = httpx2.AsyncClient(
         headers=dict(headers), timeout=httpx2.Timeout(HTTP_TIMEOUT, read=HTTP_READ_TIMEOUT), trust_env=False,
+        transport=_KeepAliveTransport(),
     )
     async with client, streamable_http_client(url, http_client=client) as (read, write):
         yield HttpUpstream(read, write, url, label)  # type: ignore[arg-type]
