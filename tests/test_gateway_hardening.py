@@ -348,3 +348,50 @@ def test_a_request_on_another_certificates_session_is_in_the_log_as_denied(
     finally:
         owner.close()
         thief.close()
+
+
+def test_an_http_upstream_that_is_down_is_a_json_rpc_error_and_frees_the_session(
+        pki: Cli, tmp_path: Path) -> None:
+    """Nothing listening behind --upstream, then a server that dies mid-session: each waiting
+    request gets a JSON-RPC error naming the server, the log one line (no traceback), and the
+    session its end, so that it holds no --max-sessions place."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    with Gateway(pki, "--as", "srv", "--upstream", url, "--max-sessions", "1", "--audit-log",
+                 str(tmp_path / "calls.jsonl"), command=[], log=tmp_path / "gateway.log") as gateway:
+        for _attempt in range(2):  # the second would get 503 if the first held its place
+            client = RawClient(pki, pki.cwd / "alice", gateway.port)
+            try:
+                status, messages, _ = client.post({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                    "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+            finally:
+                client.close()
+            assert status == 200 and messages[0]["id"] == 1, (status, messages)
+            assert messages[0]["error"]["code"] == -32000
+            assert f"the MCP server at {url} cannot be reached" in messages[0]["error"]["message"]
+        wait_until(lambda: gateway.stderr().count("cannot be reached") >= 4, "the sessions' ends in the log")
+
+        # Now a server that answers, then dies under an open session.
+        upstream = subprocess.Popen([sys.executable, TOOLBOX, "--http", str(port)], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    env={**os.environ, "TOOLBOX_SIDE_EFFECTS": str(tmp_path / "appended.txt")})
+        try:
+            assert listening(port, upstream), "the toolbox HTTP server did not start"
+            client = RawClient(pki, pki.cwd / "alice", gateway.port)
+            client.initialize()
+            assert client.call("echo", text="up")[1]["result"]["content"][0]["text"] == "up"  # type: ignore[index]
+        finally:
+            upstream.kill()
+            upstream.wait(10)
+        try:
+            status, answer = client.call("echo", text="down")
+        finally:
+            client.close()
+        assert answer is not None and answer["error"]["code"] == -32000, answer
+        assert "cannot be reached" in answer["error"]["message"]
+        stderr = gateway.stderr()
+    assert "Traceback" not in stderr and "a bug" not in stderr, stderr
+    lines = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    assert [(line["method"], line["outcome"]) for line in lines if line["method"] != "notifications/initialized"] == [
+        ("initialize", "error"), ("initialize", "error"), ("initialize", "ok"), ("tools/call", "ok"),
+        ("tools/call", "error")]

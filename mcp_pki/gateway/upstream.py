@@ -11,11 +11,12 @@ session, and its last lines are kept to explain a crash.
 import collections
 import functools
 import logging
+import math
 import os
 import signal
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Protocol
 
@@ -36,6 +37,7 @@ MAX_LINE = 64 * 1024 * 1024  # one JSON-RPC message on stdout; more is a broken 
 STDERR_TAIL = 20  # lines kept to explain an exit
 EXIT_WAIT, TERM_WAIT = 1.0, 2.0  # seconds after closing stdin, then after SIGTERM
 HTTP_TIMEOUT, HTTP_READ_TIMEOUT = 30.0, 300.0
+UPSTREAM_UNREACHABLE = -32000  # implementation-defined server error, as for a dead process
 # What an answer's event stream may still hold after the answer, read to keep its connection.
 DRAIN_SECONDS, DRAIN_BYTES = 0.25, 64 * 1024
 
@@ -154,11 +156,15 @@ async def stdio_upstream(command: Sequence[str], label: str,
 
 
 class HttpUpstream:
-    """A streamable-HTTP MCP server, through the SDK's own client transport."""
+    """A streamable-HTTP MCP server, through the SDK's own client transport.
 
-    def __init__(self, read: AsyncIterator[SessionMessage | Exception], write: "anyio.abc.ObjectSendStream[SessionMessage]",
-                 url: str, label: str) -> None:
-        self._read, self._write, self.url, self.label = read, write, url, label
+    Its messages come through a stream of our own, so that an unreachable server can end
+    them (`lost`): the SDK's client keeps its session open however often a POST fails.
+    """
+
+    def __init__(self, incoming: "anyio.abc.ObjectReceiveStream[SessionMessage | Exception]",
+                 write: "anyio.abc.ObjectSendStream[SessionMessage]", url: str, label: str) -> None:
+        self._incoming, self._write, self.url, self.label = incoming, write, url, label
         self._routing = RoutingHeaders()
         self._reason = f"the MCP server at {url} closed the session"
 
@@ -171,7 +177,7 @@ class HttpUpstream:
             pass
 
     async def messages(self) -> AsyncIterator[JSONRPCMessage]:
-        async for item in self._read:
+        async for item in self._incoming:
             if isinstance(item, Exception):
                 logger.warning("%s: from %s: %s", self.label, self.url, str(item) or type(item).__name__)
                 continue
@@ -180,6 +186,10 @@ class HttpUpstream:
 
     async def why_gone(self) -> str:
         return self._reason
+
+    def lost(self, reason: str) -> None:
+        """The server cannot be reached: the session's messages end, for `reason`."""
+        self._reason = reason
 
 
 class _KeepAliveTransport(httpx2.AsyncBaseTransport):
@@ -192,17 +202,38 @@ class _KeepAliveTransport(httpx2.AsyncBaseTransport):
     connection to the pool. Only POST answers are drained; a GET stream never ends by itself.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, url: str, on_unreachable: Callable[[str], None]) -> None:
         self._inner = httpx2.AsyncHTTPTransport(verify=_verifying_context(), trust_env=False)
+        self._url, self._on_unreachable = url, on_unreachable
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        response = await self._inner.handle_async_request(request)
+        try:
+            response = await self._inner.handle_async_request(request)
+        except httpx2.TransportError as exc:
+            if request.method != "POST":
+                raise  # the SDK's GET and DELETE handle their own failures
+            # A JSON-RPC error in an HTTP error status: the SDK client answers the request with
+            # it, where an exception would end its whole transport with a traceback.
+            why = _transport_failure(exc)
+            if isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout):
+                reason = f"the MCP server at {self._url} cannot be reached ({why})"
+                self._on_unreachable(reason)
+            else:
+                reason = f"the MCP server at {self._url} did not answer ({why})"
+                logger.warning("%s", reason)
+            return httpx2.Response(502, json={"jsonrpc": "2.0", "id": None, "error": {
+                "code": UPSTREAM_UNREACHABLE, "message": reason}})
         if request.method == "POST":
             response.stream = _DrainedOnClose(response.stream)  # type: ignore[arg-type]
         return response
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+def _transport_failure(exc: httpx2.TransportError) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text[0].lower() + text[1:]
 
 
 @functools.cache
@@ -232,8 +263,8 @@ class _DrainedOnClose(httpx2.AsyncByteStream):
                         read += len(part)
                         if read > DRAIN_BYTES:
                             break  # more than an answer's tail: let the connection go
-        except Exception:  # noqa: BLE001 - a failed drain only costs the connection
-            pass
+        except httpx2.TransportError as exc:  # a failed drain only costs the connection
+            logger.debug("the rest of an answer from the upstream could not be read: %s", exc)
         finally:
             await self._inner.aclose()
 
@@ -242,9 +273,31 @@ class _DrainedOnClose(httpx2.AsyncByteStream):
 async def http_upstream(url: str, headers: Mapping[str, str], label: str) -> AsyncIterator[HttpUpstream]:
     """A session with the HTTP server, carrying the verified identity in `headers` on every
     request; the client's own headers never reach it (only message bodies are relayed)."""
+    incoming, messages = anyio.create_memory_object_stream[SessionMessage | Exception](math.inf)
+    upstream: HttpUpstream | None = None
+
+    def unreachable(reason: str) -> None:
+        if upstream is not None:
+            upstream.lost(reason)
+        incoming.close()  # the relay sees the end, answers what waits and ends the session
+
     client = httpx2.AsyncClient(
         headers=dict(headers), timeout=httpx2.Timeout(HTTP_TIMEOUT, read=HTTP_READ_TIMEOUT), trust_env=False,
-        transport=_KeepAliveTransport(),
+        transport=_KeepAliveTransport(url, unreachable),
     )
-    async with client, streamable_http_client(url, http_client=client) as (read, write):
-        yield HttpUpstream(read, write, url, label)  # type: ignore[arg-type]
+    async with client, streamable_http_client(url, http_client=client) as (read, write), messages, \
+            anyio.create_task_group() as tasks:
+        async def pump() -> None:
+            with incoming:
+                try:
+                    async for item in read:
+                        await incoming.send(item)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    pass  # closed by `unreachable`, or the session is over
+
+        tasks.start_soon(pump)
+        upstream = HttpUpstream(messages, write, url, label)  # type: ignore[arg-type]
+        try:
+            yield upstream
+        finally:
+            tasks.cancel_scope.cancel()
