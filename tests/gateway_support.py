@@ -55,8 +55,8 @@ class Gateway:
     """One ``mcp-pki gateway`` process on a free port of 127.0.0.1."""
 
     def __init__(self, cli: Cli, *args: str, command: list[str] | None = None, env: dict[str, str] | None = None,
-                 log: Path) -> None:
-        self.cli, self.args, self.log = cli, args, log
+                 log: Path, open_files: int | None = None) -> None:
+        self.cli, self.args, self.log, self.open_files = cli, args, log, open_files
         self.command = [sys.executable, TOOLBOX] if command is None else command
         self.env = {**os.environ, "MCP_PKI_HOME": str(cli.home), **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
@@ -70,6 +70,8 @@ class Gateway:
         for _attempt in range(3):  # the free port may be taken between probe and bind
             self.port = free_port()
             argv = [MCP_PKI, "gateway", "--listen", f"127.0.0.1:{self.port}", *self.args]
+            if self.open_files is not None:  # soft and hard: the gateway cannot raise it
+                argv = ["prlimit", f"--nofile={self.open_files}:{self.open_files}", "--", *argv]
             if self.command:
                 argv += ["--", *self.command]
             with open(self.log, "ab") as sink:
@@ -84,6 +86,7 @@ class Gateway:
 
     def stderr(self) -> str:
         return self.log.read_text(errors="replace")
+
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = TIMEOUT) -> int:
         process, self.process = self.process, None

@@ -18,6 +18,7 @@ from tests.conftest import Cli, Result, assert_clean_error, listening
 from tests.gateway_support import (
     MCP_PKI,
     SERVER_NAME,
+    TIMEOUT,
     TOOLBOX,
     Gateway,
     RawClient,
@@ -103,7 +104,8 @@ def test_an_unconstructible_policy_at_reload_keeps_the_gateway_serving(
 
 def _calls(folder: Path) -> list[dict[str, object]]:
     path = folder / "calls.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [line for line in lines if "checkpoint" not in line]  # the calls, not the signed checkpoints
 
 
 def test_a_request_reusing_a_pending_id_is_refused_and_never_forwarded(
@@ -391,7 +393,70 @@ def test_an_http_upstream_that_is_down_is_a_json_rpc_error_and_frees_the_session
         assert "cannot be reached" in answer["error"]["message"]
         stderr = gateway.stderr()
     assert "Traceback" not in stderr and "a bug" not in stderr, stderr
-    lines = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    lines = _calls(tmp_path)
     assert [(line["method"], line["outcome"]) for line in lines if line["method"] != "notifications/initialized"] == [
         ("initialize", "error"), ("initialize", "error"), ("initialize", "ok"), ("tools/call", "ok"),
         ("tools/call", "error")]
+
+
+def test_idle_and_slow_connections_cannot_use_up_the_gateways_file_descriptors(
+        pki: Cli, tmp_path: Path) -> None:
+    """Under a low open-file limit the gateway accepts as many connections as fit, closes
+    the ones past that at once, closes a connection whose request head does not complete
+    in time, and goes on serving."""
+    import re
+    import socket
+    import ssl
+
+    from mcp_pki.gateway.server import HEAD_TIMEOUT
+    from tests.gateway_support import client_context
+
+    context = client_context(pki, pki.cwd / "alice")
+
+    def connect(port: int) -> ssl.SSLSocket:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        return context.wrap_socket(raw, server_hostname=SERVER_NAME)
+
+    def closed_by_server(conn: ssl.SSLSocket, within: float) -> bool:
+        conn.settimeout(within)
+        try:
+            return conn.recv(1) == b""
+        except (ssl.SSLError, ConnectionError):
+            return True
+        except TimeoutError:
+            return False
+
+    with Gateway(pki, "--as", "srv", "--max-sessions", "1", log=tmp_path / "gateway.log",
+                 open_files=100) as gateway:
+        pattern = r"accepting up to (\d+) connections at once \(open-file limit 100\)"
+        wait_until(lambda: re.search(pattern, gateway.stderr()) is not None, "the connection limit in the log")
+        found = re.search(pattern, gateway.stderr())
+        assert found is not None
+        limit = int(found.group(1))
+        assert 16 <= limit <= 40
+        slow = connect(gateway.port)
+        slow.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the rest
+        slow_since = time.monotonic()
+        idle = [connect(gateway.port) for _ in range(limit - 1)]
+        try:
+            extra = connect(gateway.port)
+            assert closed_by_server(extra, 5.0), "a connection past the limit was kept"
+            extra.close()
+            wait_until(lambda: "refused 1 connection(s)" in gateway.stderr(), "the refusal in the log")
+            for conn in idle[:4]:
+                conn.close()
+            del idle[:4]
+            client = RawClient(pki, pki.cwd / "alice", gateway.port)
+            try:
+                client.initialize()
+                assert client.call("echo", text="still here")[1]["result"]["content"][0]["text"] == "still here"  # type: ignore[index]
+            finally:
+                client.close()
+            assert closed_by_server(slow, HEAD_TIMEOUT + 5 - (time.monotonic() - slow_since)), \
+                "a connection kept sending no complete head"
+            assert time.monotonic() - slow_since >= HEAD_TIMEOUT - 1
+            assert "no complete request head" in gateway.stderr()
+        finally:
+            for conn in [slow, *idle]:
+                conn.close()
+        assert "Traceback" not in gateway.stderr()

@@ -96,7 +96,7 @@ def test_the_gateway_unit_is_hardened_valid_and_its_command_serves(pki: Cli, tmp
     lines = [line for line in unit.splitlines() if line and not line.startswith("#")]
     settings = dict(line.split("=", 1) for line in lines if "=" in line)
     for hardening in ("DynamicUser=yes", "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=read-only",
-                      "PrivateTmp=yes", "LogsDirectory=mcp-pki-gateway-srv"):
+                      "PrivateTmp=yes", "LogsDirectory=mcp-pki-gateway-srv", "LimitNOFILE=65536"):
         assert hardening in lines, hardening
     srv = pki.cwd / "srv"
     assert settings["LoadCredential"] == f"tls.key:{srv / 'tls.key'}"

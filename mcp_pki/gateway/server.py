@@ -17,12 +17,14 @@ import logging
 import signal
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+import h11
 import uvicorn
 from cryptography import x509
 from mcp.server.transport_security import RequestBodyLimitMiddleware
@@ -44,18 +46,93 @@ SHUTDOWN_GRACE = 2.0  # seconds for open requests at SIGTERM before streams are 
 METHOD_NOT_FOUND = -32601
 KEEP_ALIVE = 75  # seconds an idle connection stays open, as nginx's default
 DRAIN_LIMIT = 1024 * 1024  # bytes of an oversized body read before answering 413
+HEAD_TIMEOUT = 10.0  # seconds from a request's first byte to the end of its head
+MAX_CONNECTIONS, MIN_CONNECTIONS = 4096, 16  # open at once, within the open-file limit
+FDS_PER_SESSION, FDS_RESERVED = 6, 64  # a session's pipes and upstream; logs, CRL, policy...
 
 
 class _PeerProtocol(H11Protocol):
-    """uvicorn's h11 protocol, giving the app the connection's verified certificate."""
+    """uvicorn's h11 protocol, giving the app the connection's verified certificate, and
+    bounding what a connection may hold without doing anything: past the connection limit
+    it is closed at once; a connection must start a request within the keep-alive time and
+    complete its head within HEAD_TIMEOUT (uvicorn times neither), so that idle or slow
+    connections cannot use up the gateway's file descriptors."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._head_timer: asyncio.TimerHandle | None = None
+        if self.limit_concurrency is not None and len(self.connections) >= self.limit_concurrency:
+            _refused_connections.note(len(self.connections))
+            self.transport.close()
+            return
         ssl_object = transport.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         if der:
             certificate = x509.load_der_x509_certificate(der)
             self.app = _WithPeer(self.app, Peer(certificate, identity_of(certificate)), der)
+        # As after a response: a connection that never sends a request is an idle one.
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_timer is None and self.conn.their_state is h11.IDLE:
+            self._head_timer = self.loop.call_later(HEAD_TIMEOUT, self._head_timed_out)
+        super().data_received(data)
+        if self._head_timer is not None and self.conn.their_state is not h11.IDLE:
+            self._head_timer.cancel()  # the head is complete: the request runs
+            self._head_timer = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            peer = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+            logger.warning("closed a connection from %s: no complete request head within %g s", peer, HEAD_TIMEOUT)
+            self.transport.close()
+
+
+class _RefusedConnections:
+    """Connections closed at the limit: logged at most once per interval, with a count."""
+
+    INTERVAL = 10.0
+
+    def __init__(self) -> None:
+        self.count, self._last = 0, float("-inf")
+
+    def note(self, open_now: int) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self._last >= self.INTERVAL:
+            logger.warning("refused %d connection(s): %d are open, the limit for the open-file limit "
+                           "(raise LimitNOFILE= or ulimit -n)", self.count, open_now)
+            self.count, self._last = 0, now
+
+
+_refused_connections = _RefusedConnections()
+
+
+def connection_limit(max_sessions: int) -> tuple[int, int]:
+    """(connections the gateway accepts at once, the open-file limit), after raising the
+    process's soft open-file limit towards its hard limit as far as they need. Each
+    session's process takes descriptors too (its pipes), and the gateway its files."""
+    import resource
+
+    reserved = FDS_RESERVED + FDS_PER_SESSION * max_sessions
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = reserved + MAX_CONNECTIONS
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError):
+            pass  # the limit stays; the connections fit under it
+    limit = wanted if soft == resource.RLIM_INFINITY else soft
+    return max(MIN_CONNECTIONS, min(MAX_CONNECTIONS, limit - reserved)), limit
 
 
 class _WithPeer:
@@ -236,8 +313,11 @@ class Watchers:
 async def serve(app: GatewayApp, sock: socket.socket, context: ssl.SSLContext, watchers: Watchers,
                 sessions: SessionManager) -> None:
     """Serve until SIGTERM or SIGINT; then stop accepting, end every session, return."""
+    connections, open_files = connection_limit(sessions.max_sessions)
+    logger.info("accepting up to %d connections at once (open-file limit %d)", connections, open_files)
     config = uvicorn.Config(
         app, http=_PeerProtocol, lifespan="off", log_level="warning", access_log=False,
+        limit_concurrency=connections + 1,  # uvicorn's own check counts the asking connection
         ssl_context_factory=lambda _config, _default: context,
         timeout_graceful_shutdown=int(SHUTDOWN_GRACE), server_header=False,
         # MCP clients pause between calls far longer than uvicorn's 5 s default; a new TLS
