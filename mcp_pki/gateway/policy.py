@@ -9,6 +9,10 @@ clients:                 # by certificate name (subject CN)
   ci-bot:  {tools: ["run_tests"]}
 ```
 
+`tools/call`, `resources/read`, `resources/subscribe`, `prompts/get` and
+`completion/complete` (as the prompt or resource template it completes) are allowed by
+name; list answers are filtered to the names a client may use.
+
 A client's permissions are the union of the rules naming one of its roles or its name;
 patterns are shell-style globs, matched case-sensitively (tool names are). A client that no
 rule names gets everything (``default: allow``) or nothing (``deny``).
@@ -39,6 +43,11 @@ GUARDED_METHODS: dict[str, tuple[Kind, str]] = {
     "resources/subscribe": (Kind.RESOURCE, "uri"),
     "prompts/get": (Kind.PROMPT, "name"),
 }
+# completion/complete names what it completes in its `ref`: a prompt, or a resource template.
+COMPLETION_REFS: dict[str, tuple[Kind, str]] = {
+    "ref/prompt": (Kind.PROMPT, "name"),
+    "ref/resource": (Kind.RESOURCE, "uri"),
+}
 # List answers: the list in the result and the field naming each entry.
 LISTED_METHODS: dict[str, tuple[Kind, str, str]] = {
     "tools/list": (Kind.TOOL, "tools", "name"),
@@ -46,6 +55,21 @@ LISTED_METHODS: dict[str, tuple[Kind, str, str]] = {
     "resources/templates/list": (Kind.RESOURCE, "resourceTemplates", "uriTemplate"),
     "prompts/list": (Kind.PROMPT, "prompts", "name"),
 }
+
+
+def guarded_target(method: str, params: dict[str, Any]) -> tuple[Kind, object] | None:
+    """For a request the policy guards, the kind of thing it uses and the name it gives
+    (whatever the request holds there: a name that is not a string is refused); None for
+    a request that uses no one named thing (initialize, the lists, ping...)."""
+    if method == "completion/complete":
+        ref = params.get("ref")
+        ref_type = ref.get("type") if isinstance(ref, dict) else None
+        kind_and_field = COMPLETION_REFS.get(ref_type) if isinstance(ref_type, str) else None
+        if not isinstance(ref, dict) or kind_and_field is None:
+            return Kind.PROMPT, None  # completes something unnamed: nothing a rule can allow
+        return kind_and_field[0], ref.get(kind_and_field[1])
+    guarded = GUARDED_METHODS.get(method)
+    return None if guarded is None else (guarded[0], params.get(guarded[1]))
 
 
 @dataclass(frozen=True, slots=True)

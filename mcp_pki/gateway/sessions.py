@@ -48,7 +48,7 @@ if TYPE_CHECKING:  # the SDK's stream protocols, for annotations only (a private
 from starlette.types import Message, Receive, Scope, Send
 
 from mcp_pki.gateway.calllog import CallLog, arguments_digest
-from mcp_pki.gateway.policy import GUARDED_METHODS, LISTED_METHODS, Permissions
+from mcp_pki.gateway.policy import LISTED_METHODS, Permissions, guarded_target
 from mcp_pki.gateway.upstream import Upstream, UpstreamFailed
 from mcp_pki.mtls import Identity
 from mcp_pki.timestamps import iso_utc
@@ -197,8 +197,8 @@ class Relay:
     @staticmethod
     def _pending_of(request: JSONRPCRequest | JSONRPCNotification) -> _Pending:
         params = request.params or {}
-        guarded = GUARDED_METHODS.get(request.method)
-        target = params.get(guarded[1]) if guarded else None
+        guarded = guarded_target(request.method, params)
+        target = guarded[1] if guarded else None
         if request.method == "tools/call" or request.method == "prompts/get":
             arguments = params.get("arguments")
         else:
@@ -213,7 +213,7 @@ class Relay:
     def _track(self, request: JSONRPCRequest) -> str | None:
         """Note a client request; return why the policy refuses it, or None."""
         self.pending[request.id] = pending = self._pending_of(request)
-        guarded = GUARDED_METHODS.get(request.method)
+        guarded = guarded_target(request.method, request.params or {})
         target = pending.target
         if guarded is None:
             return None

@@ -1,7 +1,7 @@
 """A small MCP server written with the SDK, for the gateway's tests and benchmark.
 
 Several tools (one with a visible side effect: it appends to the file named by
-``$TOOLBOX_SIDE_EFFECTS``), a resource, a resource template and a prompt.
+``$TOOLBOX_SIDE_EFFECTS``), a resource, a resource template, a prompt and completions.
 
     python toolbox.py                       # stdio
     python toolbox.py --http PORT           # streamable HTTP on 127.0.0.1:PORT (uvicorn)
@@ -11,8 +11,10 @@ Several tools (one with a visible side effect: it appends to the file named by
 import json
 import os
 import sys
+from typing import Any
 
 from mcp.server.mcpserver import Context, MCPServer
+from mcp_types import Completion
 
 server = MCPServer("toolbox")
 
@@ -98,6 +100,12 @@ def table(name: str) -> str:
 def summarise(topic: str) -> str:
     """A prompt with an argument."""
     return f"Summarise {topic} in one line."
+
+
+@server.completion()
+async def complete(ref: Any, argument: Any, context: Any) -> Completion:
+    """Completes a prompt's or a resource template's argument: the value, twice suggested."""
+    return Completion(values=[f"{argument.value}1", f"{argument.value}2"])
 
 
 if __name__ == "__main__":
