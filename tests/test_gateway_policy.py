@@ -105,28 +105,6 @@ def test_an_analyst_sees_and_uses_only_what_the_policy_allows(pki: Cli, gateway:
     assert not files["effects"].exists()  # the denied append never reached the server
 
 
-def test_completions_are_allowed_as_what_they_complete(pki: Cli, gateway: Gateway) -> None:
-    """completion/complete names a prompt or a resource template: the policy of that thing
-    decides, so a client cannot learn through completions what it may not use."""
-    from mcp_types import PromptReference, ResourceTemplateReference
-
-    prompt = PromptReference(type="ref/prompt", name="summarise")
-    template = ResourceTemplateReference(type="ref/resource", uri="db://table/{name}")
-
-    async def complete_both(client: Any) -> list[Any]:
-        answers: list[Any] = []
-        for ref in (prompt, template):
-            try:
-                answers.append((await client.complete(ref, {"name": "topic", "value": "us"})).completion.values)
-            except MCPError as error:
-                answers.append("denied" if _denied(error) else str(error))
-        return answers
-
-    assert _run(pki, "alice", gateway, complete_both) == ["denied", ["us1", "us2"]]  # an analyst: no prompts
-    assert _run(pki, "bob", gateway, complete_both) == [["us1", "us2"], ["us1", "us2"]]  # an admin
-    assert _run(pki, "nobody", gateway, complete_both) == ["denied", "denied"]
-
-
 def test_admins_see_everything_and_strangers_nothing(pki: Cli, gateway: Gateway) -> None:
     async def tools(client: Any) -> set[str]:
         return _names(dump(await client.list_tools()), "tools")
@@ -173,7 +151,7 @@ def test_every_request_has_its_chained_line_and_tampering_is_named(
 
     _run(pki, "alice", gateway, calls)
     lines = [json.loads(line) for line in log.read_text().splitlines()]
-    mine = lines[before:]
+    mine = [r for r in lines[before:] if "checkpoint" not in r]  # the gateway's signed checkpoints aside
     assert [(r["method"], r["target"], r["decision"], r["outcome"]) for r in mine] == [
         ("initialize", None, "allowed", "ok"),
         ("tools/list", None, "allowed", "ok"),
@@ -190,10 +168,11 @@ def test_every_request_has_its_chained_line_and_tampering_is_named(
 
     original = log.read_text().splitlines(keepends=True)
     edited = [*original]
-    edited[2] = edited[2].replace('"allowed"', '"denied"', 1)
+    at = next(i for i, line in enumerate(original) if i >= 2 and '"allowed"' in line)  # a call, not a checkpoint
+    edited[at] = edited[at].replace('"allowed"', '"denied"', 1)
     removed = original[:1] + original[2:]
     moved = [original[0], original[2], original[1], *original[3:]]
-    for name, content, expected in (("edited", edited, "line 3 (seq 3) was altered"),
+    for name, content, expected in (("edited", edited, f"line {at + 1} (seq {at + 1}) was altered"),
                                     ("removed", removed, "line 2 (seq 3): seq 2 was expected"),
                                     ("moved", moved, "line 2 (seq 3): seq 2 was expected")):
         copy = tmp_path / f"{name}.jsonl"
@@ -211,7 +190,8 @@ def test_a_restarted_gateway_continues_the_chain(pki: Cli, files: dict[str, Path
             _run(pki, "bob", gateway, one)
             assert gateway.stop() == 0
     records = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [r["seq"] for r in records] == list(range(1, len(records) + 1)) and len(records) == 4
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+    assert len([r for r in records if "checkpoint" not in r]) == 4
     assert pki("audit", "verify", "--file", str(log)).exit_code == 0
     # A log whose last line is not ours is not continued blindly.
     log.write_text(log.read_text() + '{"not": "ours"}\n')

@@ -57,19 +57,30 @@ def audit(ctx: click.Context, since: str | None, as_json: bool) -> None:
 @audit.command()
 @click.option("--file", "log_file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="Check a gateway's tool-call log (mcp-pki gateway --audit-log FILE) instead.")
+@click.option("--ca", "ca_file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="With --file: the root certificate its checkpoints must chain to [default: <home>/ca.crt].")
 @pass_settings
-def verify(settings: Settings, log_file: Path | None) -> None:
+def verify(settings: Settings, log_file: Path | None, ca_file: Path | None) -> None:
     """Check the audit log; exit 1 naming the first altered or missing record.
 
     Recomputes the hash chain, checks every checkpoint's signature by the issuing CA,
     checks that every CA, certificate, revocation and CRL number has its record, and
     cross-checks the revocations against the newest signed CRL of each CA, both ways.
+
+    With --file, checks a gateway's tool-call log instead: its hash chain and its
+    checkpoints, each signed by a gateway's server certificate that chains to our root.
+    Lines after the last checkpoint are reported as an unsigned tail; a file cut just
+    after a checkpoint leaves no trace, so the time of the last one is shown.
     """
     if log_file is not None:
         from mcp_pki.cli.gateway import verify_call_log
 
-        verify_call_log(log_file)
+        verify_call_log(log_file, ca_file, settings.home().root_certificate_file)
         return
+    if ca_file is not None:
+        from mcp_pki.errors import InvalidInput
+
+        raise InvalidInput("--ca goes with --file: the CA audit log is checked against <home>/ca.crt")
     from mcp_pki.errors import PkiError
     from mcp_pki.services.audit import verify_audit_log
     from mcp_pki.services.authority import open_existing

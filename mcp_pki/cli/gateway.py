@@ -106,12 +106,41 @@ def gateway(
     prepared.run(verbose=verbose)
 
 
-def verify_call_log(path: Path) -> None:
-    """``mcp-pki audit verify --file FILE``: the gateway's tool-call log, line by line."""
-    from mcp_pki.errors import PkiError
+def verify_call_log(path: Path, ca_file: Path | None, home_root: Path) -> None:
+    """``mcp-pki audit verify --file FILE``: the gateway's tool-call log, line by line, and
+    its checkpoints, signed by a gateway certificate that chains to our root (`home_root`,
+    the home's ca.crt, unless --ca FILE)."""
+    from mcp_pki.cli.terminal import shown
+    from mcp_pki.errors import InvalidInput, PkiError
     from mcp_pki.gateway.calllog import verify_file
+    from mcp_pki.pki.inspect import load_pem_certificates
 
-    verdict = verify_file(path)
+    anchors_file = ca_file or home_root
+    try:
+        anchors = load_pem_certificates(anchors_file.read_bytes())
+    except FileNotFoundError:
+        if ca_file is not None:
+            raise PkiError(f"cannot read the CA file {ca_file}: no such file") from None
+        raise PkiError(f"no CA to check the log's signed checkpoints against: {home_root} is missing; "
+                       "pass --ca FILE (our root certificate, ca.crt)") from None
+    except OSError as exc:
+        raise PkiError(f"cannot read the CA file {anchors_file}: {(exc.strerror or str(exc)).lower()}") from None
+    except InvalidInput as exc:
+        raise PkiError(f"cannot use the CA file {anchors_file}: {exc}") from None
+    verdict = verify_file(path, anchors)
     if not verdict.ok:
         raise PkiError(f"tool-call log broken: {verdict.problem} ({verdict.lines} line(s) before it are intact)")
-    click.echo(f"tool-call log intact: {verdict.lines} lines")
+    if verdict.lines and not verdict.checkpoints:
+        # A gateway of this version signs within a second of a call and when it stops: a log
+        # with lines and no checkpoint was cut before its first one, rewritten without the
+        # key, or written by an older version, and nothing in it can be trusted more.
+        raise PkiError(f"tool-call log not signed: none of its {verdict.lines} line(s) is vouched for by a "
+                       "signed checkpoint, so a rewrite of the whole file would look the same (a running "
+                       "gateway signs within a second of a call: check again if one writes this file)")
+    summary = f"tool-call log intact: {verdict.lines} lines, {verdict.checkpoints} signed checkpoints"
+    if verdict.last_signed is not None:
+        summary += f" (last signed {verdict.last_signed})"
+    click.echo(shown(summary))
+    if verdict.unsigned_tail:
+        click.echo(f"unsigned tail: {verdict.unsigned_tail} lines after the last signed checkpoint, "
+                   "only as safe as access to the file")

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from mcp_pki.errors import InvalidInput
 from mcp_pki.gateway import GatewayError, require_runtime
 from mcp_pki.gateway.calllog import CallLog
+from mcp_pki.gateway.checkpoints import CheckpointSigner
 from mcp_pki.gateway.policy import ALLOW_ALL, Permissions, Policy, load_policy
 from mcp_pki.gateway.revocation import FileState, LiveRevocation
 from mcp_pki.gateway.tls import ServerTls, TlsOptions, load_server_tls, resolve_files
@@ -201,11 +202,13 @@ def prepare_gateway(home: Home, tls_options: TlsOptions, options: GatewayOptions
     elif revocation.current is not None and revocation.current.is_stale(now):
         warnings.append(f"the CRL in {files.crl_file} has expired: publish a new one (mcp-pki crl)")
     policy = PolicyFile(options.policy_file)
-    from mcp_pki.gateway.server import bind
+    from mcp_pki.gateway.server import bind, utc_now
 
     sock = bind(host, port)  # last: every check that can fail has passed
     try:
-        calllog = CallLog(options.audit_log)
+        # The server's own key signs the log's checkpoints: whoever can rewrite the file
+        # without it cannot make them match.
+        calllog = CallLog(options.audit_log, CheckpointSigner(tls.key, tls.chain), utc_now)
     except InvalidInput as exc:
         sock.close()
         raise GatewayError(str(exc)) from None

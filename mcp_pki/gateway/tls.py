@@ -8,7 +8,7 @@ problem a TLS library would report as an opaque failure later is one sentence he
 
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from mcp_pki.errors import InvalidInput, InventoryError
 from mcp_pki.gateway import GatewayError
 from mcp_pki.pki.bundles import load_private_key
 from mcp_pki.pki.inspect import from_pem, load_pem_certificates
+from mcp_pki.pki.keys import SigningKey
 from mcp_pki.services.home import Home
 
 CERT_FILE, KEY_FILE = "tls.crt", "tls.key"  # as `issue` names them
@@ -54,6 +55,8 @@ class ServerTls:
     context: ssl.SSLContext
     identity: mtls.Identity
     trusted: tuple[x509.Certificate, ...]  # the CA file's CAs and the intermediates they signed
+    chain: tuple[x509.Certificate, ...]  # the server's certificate file: leaf, then intermediates
+    key: SigningKey = field(repr=False)  # signs the tool-call log's checkpoints
 
 
 def resolve_files(home: Home, options: TlsOptions, environ: Mapping[str, str], *, now: datetime) -> TlsFiles:
@@ -122,7 +125,7 @@ def load_server_tls(files: TlsFiles, *, now: datetime) -> ServerTls:
     # The issuing CA's CRL is signed by the issuing CA, which clients send but the CA file
     # (the root) does not hold: our own chain, signed by the root, brings it.
     trusted = (*cas, *mtls.certificates_signed_by_any(chain[1:], cas))
-    return ServerTls(files, context, identity, trusted)
+    return ServerTls(files, context, identity, trusted, tuple(chain), key)
 
 
 def _from_inventory(home: Home, ref: str, *, now: datetime) -> tuple[Path, Path]:
