@@ -105,6 +105,28 @@ def test_an_analyst_sees_and_uses_only_what_the_policy_allows(pki: Cli, gateway:
     assert not files["effects"].exists()  # the denied append never reached the server
 
 
+def test_completions_are_allowed_as_what_they_complete(pki: Cli, gateway: Gateway) -> None:
+    """completion/complete names a prompt or a resource template: the policy of that thing
+    decides, so a client cannot learn through completions what it may not use."""
+    from mcp_types import PromptReference, ResourceTemplateReference
+
+    prompt = PromptReference(type="ref/prompt", name="summarise")
+    template = ResourceTemplateReference(type="ref/resource", uri="db://table/{name}")
+
+    async def complete_both(client: Any) -> list[Any]:
+        answers: list[Any] = []
+        for ref in (prompt, template):
+            try:
+                answers.append((await client.complete(ref, {"name": "topic", "value": "us"})).completion.values)
+            except MCPError as error:
+                answers.append("denied" if _denied(error) else str(error))
+        return answers
+
+    assert _run(pki, "alice", gateway, complete_both) == ["denied", ["us1", "us2"]]  # an analyst: no prompts
+    assert _run(pki, "bob", gateway, complete_both) == [["us1", "us2"], ["us1", "us2"]]  # an admin
+    assert _run(pki, "nobody", gateway, complete_both) == ["denied", "denied"]
+
+
 def test_admins_see_everything_and_strangers_nothing(pki: Cli, gateway: Gateway) -> None:
     async def tools(client: Any) -> set[str]:
         return _names(dump(await client.list_tools()), "tools")
