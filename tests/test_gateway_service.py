@@ -1,6 +1,7 @@
 """gateway: what a service needs. Sessions and their processes, limits, signals, failures
 of the upstream, and bad input at start (one ``Error:`` line each, exit 1)."""
 
+import json
 import os
 import signal
 import socket
@@ -9,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,6 +40,11 @@ def gateway(pki: Cli, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gate
     with Gateway(pki, "--as", "srv", "--max-sessions", "3", "--max-body", "4096", log=folder / "gateway.log",
                  env={"TOOLBOX_SIDE_EFFECTS": str(folder / "appended.txt")}) as running:
         yield running
+
+
+def _call_lines(gateway: Gateway) -> list[dict[str, Any]]:
+    """The tool-call log's lines among the gateway's stderr (its default place)."""
+    return [json.loads(line) for line in gateway.stderr().splitlines() if line.startswith("{")]
 
 
 def _pid(client: RawClient) -> int:
@@ -94,8 +101,22 @@ def test_limits_on_sessions_and_bodies(pki: Cli, gateway: Gateway) -> None:
         assert status == 503, (status, messages)
         status, _answer = opened[0].call("echo", text="x" * 8000)
         assert status == 413
+        # The same without a Content-Length: the body is counted as it arrives.
+        chunked = opened[2].connection
+        chunked.request("POST", "/mcp", body=iter([b'{"jsonrpc": "2.0", "id": 9, "method": "ping", "x": "',
+                                                   b"x" * 8000, b'"}']),
+                        headers={"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+                                 "Mcp-Session-Id": opened[2].session or ""}, encode_chunked=True)
+        response = chunked.getresponse()
+        response.read()
+        assert response.status == 413
         status, answer = opened[1].call("echo", text="fits")
         assert status == 200 and answer is not None and answer["result"]["content"][0]["text"] == "fits"
+        # Each refusal has its line in the tool-call log (here stderr): refused unread, no method.
+        refused = [line for line in _call_lines(gateway) if line["method"] is None]
+        assert [(line["session"], line["decision"], line["outcome"]) for line in refused] == [
+            (opened[0].session, "denied", "error"), (opened[2].session, "denied", "error")]
+        assert refused[0]["name"] == "alice" and "larger than 4096 bytes" in gateway.stderr()
     finally:
         for client in clients:
             if client.session:

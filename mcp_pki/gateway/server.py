@@ -29,7 +29,7 @@ import uvicorn
 from cryptography import x509
 from mcp.server.transport_security import RequestBodyLimitMiddleware
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mcp_pki.gateway import GatewayError
@@ -184,9 +184,29 @@ class GatewayApp:
             # Read what was sent (up to a bound) before answering: closing a TLS connection
             # with unread data makes the kernel reset it, and the client never sees the 413.
             await _drain(receive, DRAIN_LIMIT)
-            await error_response("Request body too large", 413)(scope, receive, send)
+            await self._refuse_too_large(peer, scope, receive, send)
             return
-        await self._limited(scope, receive, send)
+        refused_as_too_large = False
+
+        async def noting_refusal(message: Message) -> None:
+            nonlocal refused_as_too_large
+            if message["type"] == "http.response.start" and message["status"] == 413:
+                refused_as_too_large = True  # a body without Content-Length, past the limit
+            await send(message)
+
+        await self._limited(scope, receive, noting_refusal)
+        if refused_as_too_large:
+            await self._record_too_large(peer, scope)
+
+    async def _refuse_too_large(self, peer: Peer, scope: Scope, receive: Receive, send: Send) -> None:
+        await error_response("Request body too large", 413)(scope, receive, send)
+        await self._record_too_large(peer, scope)
+
+    async def _record_too_large(self, peer: Peer, scope: Scope) -> None:
+        """Refused unread, it names no method; its line says who sent it, in which session."""
+        logger.warning("refused a request from %s: its body is larger than %d bytes (--max-body)",
+                       peer.identity.label, self.body_limit)
+        await self.sessions.record_refused(peer, _header(scope, b"mcp-session-id"), None)
 
     async def _session(self, scope: Scope, receive: Receive, send: Send) -> None:
         peer: Peer = scope[PEER_KEY]

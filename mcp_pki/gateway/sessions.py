@@ -75,7 +75,7 @@ UpstreamFactory = Callable[["Session"], AbstractAsyncContextManager[Upstream]]
 
 @dataclass
 class _Pending:
-    method: str
+    method: str | None
     target: str | None
     arguments_sha256: str | None
     started: float
@@ -90,6 +90,7 @@ class Session:
     transport: StreamableHTTPServerTransport
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     ended_because: str | None = None
+    relay: "Relay | None" = None
 
     @property
     def label(self) -> str:
@@ -120,7 +121,7 @@ class Relay:
                     continue  # the transport has answered the client already
                 message = item.message
                 if isinstance(message, JSONRPCRequest):
-                    if self._in_use(message.id):
+                    if self.in_use(message.id):
                         await self._refuse_reused_id(to_client, message)
                         continue
                     refusal = self._track(message)
@@ -169,7 +170,7 @@ class Relay:
 
     # ------------------------------------------------------------------ helpers
 
-    def _in_use(self, request_id: RequestId) -> bool:
+    def in_use(self, request_id: RequestId) -> bool:
         # The transport routes answers by the id's text, so 1 and "1" are one id there too.
         return request_id in self.pending or any(str(k) == str(request_id) for k in self.pending)
 
@@ -177,13 +178,16 @@ class Relay:
         """Refuse a request whose id a pending one holds, unforwarded: the answers, the list
         filtering and the audit line all find their request by id, so a second request under
         the same id would take the first one's place (a tools/call logged as the ping beside it,
-        a list answered unfiltered)."""
+        a list answered unfiltered). `SessionManager.handle` refuses it before the transport
+        sees it; this catches one that races the first into the relay."""
+        await self.record_reused_id(request)
+        await to_client.send(SessionMessage(reused_id_error(request.id)))
+
+    async def record_reused_id(self, request: JSONRPCRequest) -> None:
         identity = self.session.owner.identity
         logger.warning("refused a %s from %s in %s: its id %r is in use by a pending request",
                        request.method, identity.label, self.session.label, request.id)
         await self._write(self._pending_of(request), "denied", "error")
-        await to_client.send(SessionMessage(JSONRPCError(jsonrpc="2.0", id=request.id, error=ErrorData(
-            code=INVALID_REQUEST, message=f"invalid request: the id {request.id!r} is in use by a pending request"))))
 
     async def _drop_notification(self, message: JSONRPCNotification) -> None:
         """A request without an id (a tools/call as a notification) is outside the protocol,
@@ -195,7 +199,10 @@ class Relay:
         await self._write(self._pending_of(message), "denied", "error")
 
     @staticmethod
-    def _pending_of(request: JSONRPCRequest | JSONRPCNotification) -> _Pending:
+    def _pending_of(request: JSONRPCRequest | JSONRPCNotification | None) -> _Pending:
+        """What a line records of a request (None: a body refused unread, too large to name)."""
+        if request is None:
+            return _Pending(None, None, None, time.monotonic(), datetime.now(UTC))
         params = request.params or {}
         guarded = guarded_target(request.method, params)
         target = guarded[1] if guarded else None
@@ -245,7 +252,7 @@ class Relay:
         await self._calllog.append(_line(pending, self.session.owner.identity, self.session.id, decision, outcome))
 
     def _filtered(self, pending: _Pending, response: JSONRPCResponse) -> JSONRPCResponse:
-        listed = LISTED_METHODS.get(pending.method)
+        listed = LISTED_METHODS.get(pending.method) if pending.method is not None else None
         if listed is None or not isinstance(response.result, dict):
             return response
         kind, key, name_field = listed
@@ -322,6 +329,16 @@ class SessionManager:
                     await self.record_refused(peer, raw_id.decode("latin-1"), refused.get("body", b""))
                 await error_response("Session not found", 404)(scope, receive, send)
                 return
+            if scope.get("method") == "POST" and session.relay is not None:
+                # The transport keeps one answer stream per request id: a second request under
+                # a pending id would take the first one's stream, and its answer with it.
+                first = await receive()
+                receive = _replaying(first, receive)
+                reused = _request(first.get("body", b""))
+                if reused is not None and session.relay.in_use(reused.id):
+                    await session.relay.record_reused_id(reused)
+                    await _json_response(reused_id_error(reused.id), 200)(scope, receive, send)
+                    return
             await session.transport.handle_request(scope, receive, send)
             if session.transport.is_terminated:
                 # The client ended it (DELETE): its id answers 404 and frees its place at once,
@@ -364,19 +381,18 @@ class SessionManager:
             # no client holds this session, so it must not hold a place until it idles out.
             self._forget(session, "the opening request failed")
 
-    async def record_refused(self, peer: Peer, session_id: str | None, body: bytes) -> None:
+    async def record_refused(self, peer: Peer, session_id: str | None, body: bytes | None) -> None:
         """A request refused before any session relayed it (a revoked or expired certificate,
-        another certificate's session id, no place for a new session) still gets its line in
-        the tool-call log, as denied."""
-        try:
-            request = JSONRPCRequest.model_validate_json(body)
-        except ValueError:
+        another certificate's session id, no place for a new session, a body past the limit:
+        None) still gets its line in the tool-call log, as denied."""
+        request = _request(body) if body is not None else None
+        if body is not None and request is None:
             return  # not a request: nothing that a line could name
         await self._calllog.append(_line(Relay._pending_of(request), peer.identity, session_id, "denied", "error"))
 
     async def _serve(self, session: Session, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         transport = session.transport
-        relay = Relay(session, lambda: self._permissions(session.owner.identity), self._calllog)
+        relay = session.relay = Relay(session, lambda: self._permissions(session.owner.identity), self._calllog)
         with session.scope:
             try:
                 async with transport.connect() as (client, to_client):
@@ -455,6 +471,18 @@ def _line(pending: _Pending, identity: Identity, session_id: str | None, decisio
     }
 
 
+def _request(body: bytes) -> JSONRPCRequest | None:
+    try:
+        return JSONRPCRequest.model_validate_json(body)
+    except ValueError:
+        return None
+
+
+def reused_id_error(request_id: RequestId) -> JSONRPCError:
+    return JSONRPCError(jsonrpc="2.0", id=request_id, error=ErrorData(
+        code=INVALID_REQUEST, message=f"invalid request: the id {request_id!r} is in use by a pending request"))
+
+
 def _is_initialize(body: bytes) -> bool:
     try:
         message = json.loads(body)
@@ -475,6 +503,9 @@ def _replaying(first: Message, receive: Receive) -> Receive:
 
 def error_response(message: str, status: int, code: int = -32600) -> Response:
     """A JSON-RPC error body (no request id) with the given HTTP status, as the SDK answers."""
-    body = JSONRPCError(jsonrpc="2.0", id=None, error=ErrorData(code=code, message=message))
-    return Response(body.model_dump_json(by_alias=True, exclude_unset=True), status_code=status,
+    return _json_response(JSONRPCError(jsonrpc="2.0", id=None, error=ErrorData(code=code, message=message)), status)
+
+
+def _json_response(message: JSONRPCError, status: int) -> Response:
+    return Response(message.model_dump_json(by_alias=True, exclude_unset=True), status_code=status,
                     media_type="application/json")
