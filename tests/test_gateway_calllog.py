@@ -18,11 +18,12 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from mcp_pki.errors import InvalidInput
 from mcp_pki.gateway.calllog import CHECKPOINT_DELAY, CHECKPOINT_EVERY, CallLog, line_hash
 from mcp_pki.gateway.checkpoints import CheckpointSigner
 from mcp_pki.pki.bundles import load_private_key
 from tests.conftest import Cli, assert_clean_error
-from tests.gateway_support import Gateway, mtls_session, new_ca, wait_until
+from tests.gateway_support import Gateway, free_port, mtls_session, new_ca, wait_until
 
 SIGNED_AT = datetime(2026, 12, 2, 7, 1, 2, tzinfo=UTC)
 
@@ -162,10 +163,10 @@ def test_a_log_rewritten_from_line_1_without_the_key_fails(pki: Cli, other: Cli,
                        "tool-call log not signed")
     # A forger's own key, certified by another CA, does not chain to ours; --ca names the
     # root to check against on a machine without the home.
-    save(tmp_path / "theirs.jsonl", forged[:5], rechain=True)
-    resigned = tmp_path / "theirs.jsonl"
-    write_log(resigned, signer_of(other.cwd / "srv"), 0)
-    assert "checkpoint" in records(resigned)[-1]
+    theirs = records(save(tmp_path / "theirs.jsonl", forged[:5], rechain=True))
+    theirs.append(signer_of(other.cwd / "srv").fields(5, theirs[4]["hash"], "2026-12-02T07:01:02Z",
+                                                      with_certificates=True))
+    resigned = save(tmp_path / "theirs.jsonl", theirs, rechain=True)
     assert_clean_error(verify(pki, resigned), "line 6 (seq 6), a checkpoint, is signed by srv (serial")
     assert_clean_error(verify(pki, resigned), "whose certificate does not chain to our CA")
     assert verify(pki, resigned, "--ca", str(other.home / "ca.crt")).exit_code == 0
@@ -190,13 +191,47 @@ def test_a_checkpoint_must_carry_or_follow_its_certificate(pki: Cli, tmp_path: P
 
 def test_a_restarted_log_vouches_for_the_chain_it_continues(pki: Cli, tmp_path: Path) -> None:
     path = tmp_path / "calls.jsonl"
-    write_log(path, None, 2)  # an older gateway's lines: nothing signed
-    assert_clean_error(verify(pki, path), "tool-call log not signed: none of its 2 line(s)")
-    write_log(path, signer_of(pki.cwd / "srv"), 1)
+    srv = signer_of(pki.cwd / "srv")
+    write_log(path, srv, 2)  # calls 1-2, checkpoint 3
+    write_log(path, None, 2)  # calls 4-5 by a gateway that stopped before signing them
+    log = CallLog(path, srv, fixed_clock)
+    assert log.unsigned_at_start == 2  # what the start-up line warns about
+    log.write(call(6))
+    log.close()
     rows = records(path)
-    assert ["checkpoint" in row for row in rows] == [False, False, True, False, True]
-    assert rows[2]["checkpoint"]["signed_seq"] == 2 and "certificates" in rows[2]["checkpoint"]
-    assert verify(pki, path).stdout.startswith("tool-call log intact: 5 lines, 2 signed checkpoints")
+    assert ["checkpoint" in row for row in rows] == [False, False, True, False, False, True, False, True]
+    restart = rows[5]["checkpoint"]
+    assert restart["signed_seq"] == 5 and "certificates" in restart  # each process names its signer in full
+    assert verify(pki, path).stdout.startswith("tool-call log intact: 8 lines, 3 signed checkpoints")
+
+
+def test_a_gateway_does_not_vouch_for_a_log_it_cannot_trust(pki: Cli, tmp_path: Path) -> None:
+    """A log rewritten without checkpoints while the gateway was down, or one of an older
+    version, is not continued: the start-up checkpoint would sign the rewrite."""
+    srv = signer_of(pki.cwd / "srv")
+    unsigned = tmp_path / "unsigned.jsonl"
+    write_log(unsigned, None, 3)
+    with pytest.raises(InvalidInput, match="has no signed checkpoint in its last 3 lines"):
+        CallLog(unsigned, srv, fixed_clock)
+    long_tail = tmp_path / "long.jsonl"
+    write_log(long_tail, srv, 1)
+    write_log(long_tail, None, CHECKPOINT_EVERY + 1)  # longer than a gateway of this version leaves
+    with pytest.raises(InvalidInput, match=f"no signed checkpoint in its last {CHECKPOINT_EVERY + 1} lines"):
+        CallLog(long_tail, srv, fixed_clock)
+    broken = tmp_path / "broken.jsonl"
+    write_log(broken, srv, 3)
+    write_log(broken, None, 2)
+    rows = records(broken)
+    rows[4]["outcome"] = "error"  # an unsigned line edited: its hash no longer matches
+    save(broken, rows)
+    with pytest.raises(InvalidInput, match="is damaged before seq 6"):
+        CallLog(broken, srv, fixed_clock)
+    # The command says so in one line and writes nothing.
+    before = unsigned.read_bytes()
+    result = pki("gateway", "--as", "srv", "--listen", f"127.0.0.1:{free_port()}", "--audit-log", str(unsigned),
+                 "--", "true")
+    assert_clean_error(result, "has no signed checkpoint")
+    assert unsigned.read_bytes() == before
 
 
 def test_the_stderr_log_has_no_checkpoints(pki: Cli, capsys: pytest.CaptureFixture[str]) -> None:
@@ -241,13 +276,18 @@ def test_a_real_gateway_signs_its_log_and_a_restart_continues_it(pki: Cli, tmp_p
             # Signed while it runs, within about CHECKPOINT_DELAY of the calls.
             wait_until(lambda: "checkpoint" in records(log)[-1], "a checkpoint")
             assert gateway.stop() == 0
+        if run == 0:  # a line of a gateway that died before signing it
+            crashed = CallLog(log)
+            crashed.write(call(0))
+            crashed.close()
+    assert "ended with 1 line(s) after its last signed checkpoint" in (tmp_path / "gateway1.log").read_text()
     rows = records(log)
     calls = [r for r in rows if "checkpoint" not in r]
-    assert [r["method"] for r in calls] == ["initialize", "tools/list"] * 2
+    assert [r["method"] for r in calls] == ["initialize", "tools/list", "tools/call", "initialize", "tools/list"]
     assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
     # The restart vouched for the chain it found, carrying its certificate again.
-    restart = rows[rows.index(calls[1]) + 1:rows.index(calls[2])]
-    assert restart and "certificates" in restart[-1]["checkpoint"]
+    restart = rows[rows.index(calls[2]) + 1]["checkpoint"]
+    assert restart["signed_seq"] == calls[2]["seq"] and "certificates" in restart
     result = verify(pki, log)
     assert result.exit_code == 0, result.output
     signed = len(rows) - len(calls)

@@ -17,8 +17,10 @@ Given the server's key (`CheckpointSigner`), the log also signs its head in a ``
 line (see `checkpoints`): at start-up when it continues a file, at most `CHECKPOINT_DELAY`
 after the first unsigned line, after every `CHECKPOINT_EVERY` lines, and at close. Not per
 line: a signature costs 47 us with a P-256 key here, far more with RSA. A restarted gateway
-checks only the last line before it vouches for the chain it continues; `verify_file`
-checks them all.
+links the lines after the file's last checkpoint before its own checkpoint vouches for them,
+and refuses a file without one among its last `CHECKPOINT_EVERY` + 1 lines (an older
+version's, or one rewritten without the key): it would sign the rewrite. `verify_file`
+checks every line and every signature.
 """
 
 import asyncio
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from mcp_pki.errors import InvalidInput, PkiError
+from mcp_pki.gateway.checkpoints import CHECKPOINT
 from mcp_pki.timestamps import iso_utc
 
 if TYPE_CHECKING:
@@ -81,12 +84,15 @@ class CallLog:
         self._signed_seq = 0  # the last checkpoint written, or 0
         self._sent_certificates = False  # the first checkpoint of a process carries them
         self._timer: asyncio.Task[None] | None = None
+        # Lines after the file's last checkpoint when this process took it over: a gateway
+        # that stopped without signing them, which the start-up checkpoint now vouches for.
+        self.unsigned_at_start = 0
         if self._signer is not None and clock is None:
             raise ValueError("a signed call log needs a clock")
         if path is None:
             self._stream = sys.stderr
             return
-        self._seq, self._prev = _chain_end(path)
+        self._seq, self._prev, self.unsigned_at_start = _chain_end(path, signed=self._signer is not None)
         try:
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         except OSError as exc:
@@ -197,28 +203,57 @@ class CallLog:
             self._fd = None
 
 
-def _chain_end(path: Path) -> tuple[int, str]:
-    """(seq, hash) of the last line, to continue the chain; an unusable end is an error."""
+def _chain_end(path: Path, *, signed: bool) -> tuple[int, str, int]:
+    """(seq, hash) of the last line, to continue the chain, and the number of lines after the
+    last checkpoint. An unusable end is an error. So is, for a signed log, a tail that does
+    not link or that is longer than a gateway of this version leaves unsigned: the start-up
+    checkpoint would otherwise vouch for a file rewritten without the key while it was down."""
+    wanted = CHECKPOINT_EVERY + 1 if signed else 1
     try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            if size == 0:
-                return 0, GENESIS_HASH
-            handle.seek(max(0, size - 65536))
-            tail = handle.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]
+        tail = _last_lines(path, wanted)
     except FileNotFoundError:
-        return 0, GENESIS_HASH
+        return 0, GENESIS_HASH, 0
     except OSError as exc:
         raise InvalidInput(f"cannot read the audit log {path}: {(exc.strerror or str(exc)).lower()}") from None
-    try:
-        record = json.loads(tail)
-        if line_hash(record) != record["hash"] or not isinstance(record["seq"], int):
-            raise ValueError
-    except (ValueError, KeyError, TypeError):
-        raise InvalidInput(f"the last line of the audit log {path} is not an intact gateway record: "
-                           "check it with mcp-pki audit verify --file, then start a new file") from None
-    return record["seq"], record["hash"]
+    if not tail:
+        return 0, GENESIS_HASH, 0
+    advice = "check it with mcp-pki audit verify --file, then start a new file"
+    later: dict[str, Any] | None = None
+    for raw in reversed(tail):
+        try:
+            record = json.loads(raw)
+            if line_hash(record) != record["hash"] or not isinstance(record["seq"], int):
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            if later is None:
+                raise InvalidInput(f"the last line of the audit log {path} is not an intact gateway record: "
+                                   f"{advice}") from None
+            raise InvalidInput(f"the audit log {path} is damaged before seq {later['seq']}: {advice}") from None
+        if later is None:
+            last = record
+        elif later.get("prev") != record["hash"] or later["seq"] != record["seq"] + 1:
+            raise InvalidInput(f"the audit log {path} is damaged before seq {later['seq']}: {advice}")
+        if not signed or CHECKPOINT in record:
+            return last["seq"], last["hash"], last["seq"] - record["seq"]
+        later = record
+    raise InvalidInput(f"the audit log {path} has no signed checkpoint in its last {len(tail)} lines (a log of "
+                       f"an older version, or one rewritten without the gateway's key): {advice}")
+
+
+def _last_lines(path: Path, count: int) -> list[bytes]:
+    """Up to `count` last lines of the file, read backwards."""
+    with open(path, "rb") as handle:
+        position = handle.seek(0, os.SEEK_END)
+        data = b""
+        while position > 0 and data.count(b"\n") <= count:
+            step = min(65536, position)
+            position -= step
+            handle.seek(position)
+            data = handle.read(step) + data
+    pieces = data.rstrip(b"\n").split(b"\n")
+    if position > 0:
+        pieces = pieces[1:]  # may begin mid-line
+    return [piece for piece in pieces if piece.strip()][-count:]
 
 
 @dataclass(frozen=True, slots=True)

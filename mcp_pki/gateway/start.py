@@ -212,6 +212,10 @@ def prepare_gateway(home: Home, tls_options: TlsOptions, options: GatewayOptions
     except InvalidInput as exc:
         sock.close()
         raise GatewayError(str(exc)) from None
+    if calllog.unsigned_at_start:
+        warnings.append(f"the audit log {options.audit_log} ended with {calllog.unsigned_at_start} line(s) after "
+                        "its last signed checkpoint (a gateway that stopped without signing them): this "
+                        "gateway's start-up checkpoint now vouches for them")
     return PreparedGateway(options, tls, host, port, revocation, policy, calllog, sock, warnings)
 
 
