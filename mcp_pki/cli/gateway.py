@@ -47,7 +47,8 @@ def _seconds(text: str, option: str) -> float:
 @click.option("--policy", "policy_file", type=_FILE, metavar="FILE",
               help="Per-role tool policy (YAML), reloaded when it changes [default: allow every valid client].")
 @click.option("--audit-log", "audit_log", type=_FILE, metavar="FILE",
-              help="Append the hash-chained tool-call log here [default: stderr].")
+              help="Append the hash-chained tool-call log here, signed now and then with the server's key "
+              "[default: stderr, unsigned].")
 @click.option("--session-idle", default="30m", show_default=True, metavar="DUR",
               help="End a session (and its process) after this long without requests (90s, 30m, 2h).")
 @click.option("--max-sessions", type=click.IntRange(min=1), default=100, show_default=True,
@@ -74,8 +75,8 @@ def gateway(
     and every request is checked against it, so `mcp-pki revoke` shuts a client out of open
     connections and sessions too. --policy limits tools, resources and prompts per role
     (certificate OU) or name (CN); the audit log has one hash-chained JSON line per MCP
-    request (check it with `mcp-pki audit verify --file FILE`). Needs the MCP Python SDK and
-    uvicorn (pip install 'mcp-pki[gateway]').
+    request and checkpoints signed with the server's key (check it with `mcp-pki audit
+    verify --file FILE`). Needs the MCP Python SDK and uvicorn (pip install 'mcp-pki[gateway]').
 
     \b
     Examples:

@@ -7,7 +7,8 @@ server on loopback. Between the two the gateway enforces what the certificate sa
 - `tls`: the server's certificate and the CA clients must chain to, checked at start;
 - `revocation`: the CRL file, reloaded when it changes, checked on every request;
 - `policy`: which tools, resources and prompts each role and each client may use;
-- `calllog`: one hash-chained line per MCP request, who asked what and how it ended;
+- `calllog`: one hash-chained line per MCP request, who asked what and how it ended, and
+  `checkpoints`, which sign the chain's head with the server's key now and then;
 - `upstream` and `sessions`: the per-session relay; `server`: HTTP on uvicorn.
 
 Only `sessions`, `upstream` and `server` import the MCP SDK and uvicorn, an optional extra:
