@@ -187,6 +187,9 @@ def test_a_checkpoint_must_carry_or_follow_its_certificate(pki: Cli, tmp_path: P
     del rows[2]["checkpoint"]["certificates"]
     assert_clean_error(verify(pki, save(tmp_path / "bare.jsonl", rows, rechain=True)),
                        "line 3 (seq 3), a checkpoint, names a signer whose certificate no earlier checkpoint carries")
+    rows[2]["checkpoint"] = "signed"
+    assert_clean_error(verify(pki, save(tmp_path / "odd.jsonl", rows, rechain=True)),
+                       "line 3 (seq 3), a checkpoint, is malformed")
 
 
 def test_a_restarted_log_vouches_for_the_chain_it_continues(pki: Cli, tmp_path: Path) -> None:
@@ -259,6 +262,12 @@ def test_verify_needs_our_root(pki: Cli, tmp_path: Path) -> None:
     path = tmp_path / "calls.jsonl"
     write_log(path, signer_of(pki.cwd / "srv"), 1)
     assert_clean_error(verify(pki, path, "--ca", str(tmp_path / "missing.crt")), "cannot read the CA file")
+    leaf = tmp_path / "leaf.crt"
+    leaf.write_bytes(x509.load_pem_x509_certificates((pki.cwd / "alice" / "tls.crt").read_bytes())[0]
+                     .public_bytes(serialization.Encoding.PEM))
+    assert_clean_error(verify(pki, path, "--ca", str(leaf)), f"the CA file {leaf} holds no CA certificate")
+    # The issuing CA alone, as a chain file holds it, is a CA of ours too.
+    assert verify(pki, path, "--ca", str(pki.cwd / "alice" / "tls.crt")).exit_code == 0
     assert_clean_error(pki("audit", "verify", "--ca", str(pki.home / "ca.crt")), "--ca goes with --file")
     homeless = Cli(tmp_path / "no-home", tmp_path)
     assert_clean_error(homeless("audit", "verify", "--file", str(path)), "pass --ca FILE")

@@ -111,6 +111,7 @@ def verify_call_log(path: Path, ca_file: Path | None, home_root: Path) -> None:
     """``mcp-pki audit verify --file FILE``: the gateway's tool-call log, line by line, and
     its checkpoints, signed by a gateway certificate that chains to our root (`home_root`,
     the home's ca.crt, unless --ca FILE)."""
+    from mcp_pki import mtls
     from mcp_pki.cli.terminal import shown
     from mcp_pki.errors import InvalidInput, PkiError
     from mcp_pki.gateway.calllog import verify_file
@@ -128,6 +129,8 @@ def verify_call_log(path: Path, ca_file: Path | None, home_root: Path) -> None:
         raise PkiError(f"cannot read the CA file {anchors_file}: {(exc.strerror or str(exc)).lower()}") from None
     except InvalidInput as exc:
         raise PkiError(f"cannot use the CA file {anchors_file}: {exc}") from None
+    if not any(mtls.is_ca(anchor) for anchor in anchors):
+        raise PkiError(f"the CA file {anchors_file} holds no CA certificate: give our root (ca.crt)")
     verdict = verify_file(path, anchors)
     if not verdict.ok:
         raise PkiError(f"tool-call log broken: {verdict.problem} ({verdict.lines} line(s) before it are intact)")

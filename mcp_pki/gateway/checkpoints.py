@@ -82,7 +82,7 @@ class CheckpointVerifier:
         `prev_hash`) with the key of a gateway certificate of ours."""
         body = record.get(CHECKPOINT)
         if not isinstance(body, dict):
-            raise CheckpointError("is not a checkpoint")
+            raise CheckpointError("is malformed: its checkpoint is not an object")
         if body.get("signed_seq") != prev_seq or body.get("signed_hash") != prev_hash:
             raise CheckpointError(f"vouches for a line that is not the one before it (seq {prev_seq})")
         fingerprint = body.get("signer")
