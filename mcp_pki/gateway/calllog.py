@@ -277,14 +277,12 @@ def verify_file(path: Path, anchors: "Sequence[x509.Certificate]") -> FileVerdic
     shows `last_signed` so that an operator can notice."""
     from mcp_pki.gateway.checkpoints import CheckpointError, CheckpointVerifier, is_checkpoint
 
-    try:
-        lines = list(_lines(path))
-    except OSError as exc:
-        raise PkiError(f"cannot read {path}: {(exc.strerror or str(exc)).lower()}") from None
     verifier = CheckpointVerifier(anchors)
     prev, expected_seq = GENESIS_HASH, 1
     checkpoints, last_checkpoint, last_signed = 0, 0, None
-    for position, (number, raw) in enumerate(lines, start=1):
+    position = 0
+    # Line by line: a log of months is larger than the memory of the machine checking it.
+    for position, (number, raw) in enumerate(_lines(path), start=1):
         try:
             record = json.loads(raw)
             seq, stored_prev, stored_hash = record["seq"], record["prev"], record["hash"]
@@ -302,11 +300,14 @@ def verify_file(path: Path, anchors: "Sequence[x509.Certificate]") -> FileVerdic
                 return FileVerdict(number - 1, f"line {number} (seq {seq}), a checkpoint, {exc}")
             checkpoints, last_checkpoint, last_signed = checkpoints + 1, position, record["time"]
         prev, expected_seq = stored_hash, seq + 1
-    return FileVerdict(len(lines), None, checkpoints, len(lines) - last_checkpoint, last_signed)
+    return FileVerdict(position, None, checkpoints, position - last_checkpoint, last_signed)
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if raw.strip():
-                yield number, raw
+    try:
+        with open(path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                if raw.strip():
+                    yield number, raw
+    except OSError as exc:
+        raise PkiError(f"cannot read {path}: {(exc.strerror or str(exc)).lower()}") from None
