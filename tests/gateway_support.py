@@ -13,8 +13,8 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, Self
 
@@ -289,3 +289,26 @@ class CountingRelay:
 
     def close(self) -> None:
         self._listener.close()
+
+
+@contextmanager
+def toolbox_behind(mode: str, side_effects: Path) -> Iterator[tuple[list[str], list[str] | None]]:
+    """The gateway's arguments for the toolbox as its upstream: a process per session over
+    stdio (``"stdio"``), or one plain-HTTP server on loopback (``"upstream"``, --upstream).
+    Yields (extra gateway arguments, the command after --, None for the toolbox itself)."""
+    if mode == "stdio":
+        yield [], None
+        return
+    port = free_port()
+    process = subprocess.Popen([sys.executable, TOOLBOX, "--http", str(port)], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, **toolbox_env(side_effects)})
+    try:
+        assert listening(port, process), "the toolbox HTTP server did not start"
+        yield ["--upstream", f"http://127.0.0.1:{port}/mcp"], []
+    finally:
+        process.terminate()
+        process.wait(TIMEOUT)
+
+
+MODES = ("stdio", "upstream")  # a stdio server behind the gateway, or an HTTP one

@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import Cli, Result, assert_clean_error, listening
 from tests.gateway_support import (
     MCP_PKI,
+    MODES,
     SERVER_NAME,
     TIMEOUT,
     TOOLBOX,
@@ -24,6 +25,7 @@ from tests.gateway_support import (
     RawClient,
     free_port,
     new_ca,
+    toolbox_behind,
     wait_until,
 )
 
@@ -65,16 +67,18 @@ def test_an_unconstructible_policy_at_start_is_one_clean_error(pki: Cli, tmp_pat
                            "is not valid YAML")
 
 
-@pytest.fixture(scope="module")
-def policy_gateway(pki: Cli, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Path]]:
+@pytest.fixture(scope="module", params=MODES)
+def policy_gateway(request: pytest.FixtureRequest, pki: Cli,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Path]]:
     """A gateway with a policy, a tool-call log (calls.jsonl) and a side-effect file
-    (appended.txt) beside the policy file."""
+    (appended.txt) beside the policy file, in front of a stdio server or an HTTP one."""
     folder = tmp_path_factory.mktemp("policy-gateway")
     policy = folder / "policy.yaml"
     policy.write_text(POLICY)
-    with Gateway(pki, "--as", "srv", "--crl-refresh", str(REFRESH), "--policy", str(policy),
-                 "--audit-log", str(folder / "calls.jsonl"), log=folder / "gateway.log",
-                 env={"TOOLBOX_SIDE_EFFECTS": str(folder / "appended.txt")}) as running:
+    with toolbox_behind(request.param, folder / "appended.txt") as (upstream, command), \
+            Gateway(pki, "--as", "srv", "--crl-refresh", str(REFRESH), "--policy", str(policy),
+                    "--audit-log", str(folder / "calls.jsonl"), *upstream, command=command, log=folder / "gateway.log",
+                    env={"TOOLBOX_SIDE_EFFECTS": str(folder / "appended.txt")}) as running:
         yield running, policy
 
 
@@ -98,8 +102,12 @@ def test_an_unconstructible_policy_at_reload_keeps_the_gateway_serving(
         alice.close()
     # A good edit afterwards is taken: the watcher is alive.
     policy.write_text(POLICY.replace("default: allow", "default: deny"))
-    wait_until(lambda: "reloaded the policy" in gateway.stderr(), "the policy reload", timeout=10 * REFRESH + 5)
-    policy.write_text(POLICY)
+    reloads = gateway.stderr().count("reloaded the policy")
+    wait_until(lambda: gateway.stderr().count("reloaded the policy") > reloads, "the policy reload",
+               timeout=10 * REFRESH + 5)
+    policy.write_text(POLICY)  # and back, before the next test uses this gateway
+    wait_until(lambda: gateway.stderr().count("reloaded the policy") > reloads + 1, "the policy put back",
+               timeout=10 * REFRESH + 5)
 
 
 def _calls(folder: Path) -> list[dict[str, object]]:
@@ -125,7 +133,9 @@ def test_a_request_reusing_a_pending_id_is_refused_and_never_forwarded(
         waiting = threading.Thread(target=lambda: _quietly(lambda: first_answers.append(first.post(
             {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "wait", "arguments": {"seconds": 1.5}}}))))
         waiting.start()
-        time.sleep(0.7)  # the first call is pending upstream
+        effects = folder / "appended.txt"
+        wait_until(lambda: "waiting 1.5 s" in (effects.read_text() if effects.exists() else ""),
+                   "the first call pending at the server")
         status, messages, _ = second.post({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
                                            "params": {"name": "append", "arguments": {"line": "reused id"}}})
         waiting.join(10)
@@ -137,7 +147,6 @@ def test_a_request_reusing_a_pending_id_is_refused_and_never_forwarded(
         assert len(first_answers) == 1, "the first request's answer was lost"
         first_status, first_messages, _ = first_answers[0]  # type: ignore[misc]
         assert first_status == 200 and first_messages[-1]["id"] == 7 and "result" in first_messages[-1], first_messages
-        effects = folder / "appended.txt"
         assert "reused id" not in (effects.read_text() if effects.exists() else "")
         # Both calls are in the log as what they were: the first allowed, the second refused.
         wait_until(lambda: any(c["target"] == "wait" for c in _calls(folder)), "the first call's line")
@@ -189,14 +198,15 @@ def test_an_older_crl_put_back_is_refused_and_revoked_clients_stay_out(
         pki: Cli, policy_gateway: tuple[Gateway, Path]) -> None:
     """A validly signed CRL from before a revocation must not un-revoke anyone."""
     gateway, _policy = policy_gateway
-    pki.ok("issue", "client", "carol")
+    name = f"carol-{gateway.port}"  # a new client for each gateway of the module
+    pki.ok("issue", "client", name)
     crl = pki.home / "crl.pem"
     before = crl.read_bytes()
-    carol = RawClient(pki, pki.cwd / "carol", gateway.port)
+    carol = RawClient(pki, pki.cwd / name, gateway.port)
     try:
         carol.initialize()
         reloads = gateway.stderr().count("reloaded the CRL file")
-        pki.ok("revoke", "carol")
+        pki.ok("revoke", name)
         wait_until(lambda: gateway.stderr().count("reloaded the CRL file") > reloads, "the CRL reload",
                    timeout=10 * REFRESH + 5)
         status, _answer = carol.call("echo", text="revoked")
@@ -214,11 +224,11 @@ def test_an_older_crl_put_back_is_refused_and_revoked_clients_stay_out(
                                                        "clientInfo": {"name": "raw", "version": "1"}})
         assert status == 403
         refused = [(c["method"], c["target"]) for c in _calls(_policy.parent)
-                   if c["name"] == "carol" and c["decision"] == "denied"]
+                   if c["name"] == name and c["decision"] == "denied"]
         assert refused == [("tools/call", "echo"), ("initialize", None)], refused  # both 403s
         # And a new handshake (OpenSSL keeps the newest CRL it was given).
         with pytest.raises(OSError):
-            RawClient(pki, pki.cwd / "carol", gateway.port).initialize()
+            RawClient(pki, pki.cwd / name, gateway.port).initialize()
     finally:
         carol.close()
 
@@ -303,14 +313,20 @@ def test_calls_unanswered_when_a_session_ends_or_cancelled_get_their_line(
     gateway, policy = policy_gateway
     folder = policy.parent
 
+    effects = folder / "appended.txt"
+
+    def waiting() -> int:
+        return (effects.read_text() if effects.exists() else "").count("waiting 20 s")
+
     def pending_call(client: RawClient, request_id: int) -> threading.Thread:
         assert client.connection.sock is not None
         client.connection.sock.settimeout(3)  # no answer comes: bounded
+        before = waiting()
         thread = threading.Thread(target=lambda: _quietly(lambda: client.post(
             {"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
              "params": {"name": "wait", "arguments": {"seconds": 20}}})))
         thread.start()
-        time.sleep(0.7)  # pending upstream
+        wait_until(lambda: waiting() > before, "the call pending at the server")
         return thread
 
     def lines(session: str | None) -> list[tuple[object, object]]:

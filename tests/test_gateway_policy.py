@@ -16,7 +16,15 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from tests.conftest import Cli, assert_clean_error
-from tests.gateway_support import Gateway, dump, mtls_session, new_ca, wait_until
+from tests.gateway_support import (
+    MODES,
+    Gateway,
+    dump,
+    mtls_session,
+    new_ca,
+    toolbox_behind,
+    wait_until,
+)
 
 REFRESH = 1.0
 
@@ -40,19 +48,23 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Cli:
     return cli
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+@pytest.fixture(scope="module", params=MODES)
+def files(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Each mode (see `gateway`) with files of its own."""
     folder = tmp_path_factory.mktemp("policy-files")
     (folder / "policy.yaml").write_text(POLICY)
-    return {"policy": folder / "policy.yaml", "audit": folder / "calls.jsonl", "effects": folder / "appended.txt"}
+    return {"policy": folder / "policy.yaml", "audit": folder / "calls.jsonl", "effects": folder / "appended.txt",
+            "mode": request.param}
 
 
 @pytest.fixture(scope="module")
-def gateway(pki: Cli, files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def gateway(pki: Cli, files: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """The policy and the log hold alike in front of a stdio server and an HTTP one."""
     log = tmp_path_factory.mktemp("gateway") / "gateway.log"
-    with Gateway(pki, "--as", "srv", "--crl-refresh", str(REFRESH), "--policy", str(files["policy"]),
-                 "--audit-log", str(files["audit"]), log=log,
-                 env={"TOOLBOX_SIDE_EFFECTS": str(files["effects"])}) as running:
+    with toolbox_behind(files["mode"], files["effects"]) as (upstream, command), \
+            Gateway(pki, "--as", "srv", "--crl-refresh", str(REFRESH), "--policy", str(files["policy"]),
+                    "--audit-log", str(files["audit"]), *upstream, command=command, log=log,
+                    env={"TOOLBOX_SIDE_EFFECTS": str(files["effects"])}) as running:
         yield running
 
 
@@ -74,7 +86,7 @@ def _denied(error: MCPError) -> bool:
 
 
 def test_an_analyst_sees_and_uses_only_what_the_policy_allows(pki: Cli, gateway: Gateway,
-                                                               files: dict[str, Path]) -> None:
+                                                               files: dict[str, Any]) -> None:
     async def analyst(client: Any) -> dict[str, Any]:
         seen: dict[str, Any] = {
             "tools": _names(dump(await client.list_tools()), "tools"),
@@ -136,7 +148,7 @@ def test_admins_see_everything_and_strangers_nothing(pki: Cli, gateway: Gateway)
     assert _run(pki, "ci-bot", gateway, tools) == {"append", "echo"}  # by name
 
 
-def test_a_policy_edit_takes_effect_without_restart(pki: Cli, gateway: Gateway, files: dict[str, Path]) -> None:
+def test_a_policy_edit_takes_effect_without_restart(pki: Cli, gateway: Gateway, files: dict[str, Any]) -> None:
     policy = files["policy"]
     try:
         policy.write_text(POLICY.replace('tools: ["query", "list_*"]', 'tools: ["query", "list_*", "append"]'))
@@ -158,7 +170,7 @@ def test_a_policy_edit_takes_effect_without_restart(pki: Cli, gateway: Gateway, 
 
 
 def test_every_request_has_its_chained_line_and_tampering_is_named(
-    pki: Cli, gateway: Gateway, files: dict[str, Path], tmp_path: Path,
+    pki: Cli, gateway: Gateway, files: dict[str, Any], tmp_path: Path,
 ) -> None:
     log = files["audit"]
     before = len(log.read_text().splitlines()) if log.exists() else 0
@@ -202,7 +214,7 @@ def test_every_request_has_its_chained_line_and_tampering_is_named(
         assert_clean_error(pki("audit", "verify", "--file", str(copy)), expected)
 
 
-def test_a_restarted_gateway_continues_the_chain(pki: Cli, files: dict[str, Path], tmp_path: Path) -> None:
+def test_a_restarted_gateway_continues_the_chain(pki: Cli, files: dict[str, Any], tmp_path: Path) -> None:
     log = tmp_path / "calls.jsonl"
     for run in range(2):
         with Gateway(pki, "--as", "srv", "--audit-log", str(log), log=tmp_path / f"gateway{run}.log") as gateway:

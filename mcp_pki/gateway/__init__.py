@@ -9,15 +9,17 @@ server on loopback. Between the two the gateway enforces what the certificate sa
 - `policy`: which tools, resources and prompts each role and each client may use;
 - `calllog`: one hash-chained line per MCP request, who asked what and how it ended, and
   `checkpoints`, which sign the chain's head with the server's key now and then;
-- `upstream` and `sessions`: the per-session relay; `server`: HTTP on uvicorn.
+- `upstream` and `sessions`: the per-session relay to a stdio server's process;
+- `proxy`: the relay to an HTTP server (--upstream), exchange by exchange;
+- `server`: HTTPS on uvicorn.
 
-Only `sessions`, `upstream` and `server` import the MCP SDK and uvicorn, an optional extra:
+Only `sessions`, `upstream`, `proxy` and `server` import the MCP SDK and uvicorn, an optional extra:
 `require_runtime` runs first so that their absence is one clear line, not a traceback.
 """
 
 from mcp_pki.errors import PkiError
 
-RUNTIME_REQUIREMENTS = ("mcp>=2.3,<3", "uvicorn>=0.54")
+RUNTIME_REQUIREMENTS = ("mcp>=2.3,<3", "uvicorn>=0.54", "httptools>=0.6")
 
 
 class GatewayError(PkiError):
@@ -29,6 +31,7 @@ def require_runtime() -> None:
     import sys
 
     try:
+        import httptools  # noqa: F401
         import httpx2  # noqa: F401
         import uvicorn  # noqa: F401
         from mcp.server.streamable_http import StreamableHTTPServerTransport  # noqa: F401

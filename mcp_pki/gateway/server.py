@@ -1,7 +1,8 @@
 """HTTPS on uvicorn, with the verified client certificate handed to the app.
 
-uvicorn does not put the peer certificate in the ASGI scope. Its HTTP protocol object is made
-per connection, after the TLS handshake, so a subclass that wraps the app in
+uvicorn does not put the peer certificate in the ASGI scope. Its HTTP protocol object (the
+httptools one: its C parser costs a fraction of h11's) is made per connection, after the TLS
+handshake, so a subclass that wraps the app in
 `connection_made` gives every request of that connection the certificate, as the ASGI
 ``tls`` extension (``client_cert_chain``) and as a parsed `Peer`. The gateway binds its
 listening socket itself, so that a port in use is one error line, with ``TCP_NODELAY``, so
@@ -24,18 +25,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
-import h11
 import uvicorn
 from cryptography import x509
 from mcp.server.transport_security import RequestBodyLimitMiddleware
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from mcp_pki.gateway import GatewayError
 from mcp_pki.gateway.answers import JsonWhenAlone, accepts_json
 from mcp_pki.gateway.revocation import LiveRevocation
-from mcp_pki.gateway.sessions import Peer, SessionManager, error_response
+from mcp_pki.gateway.sessions import Peer, SessionTable, error_response
 from mcp_pki.mtls import identity_of
 
 logger = logging.getLogger("mcp_pki.gateway")
@@ -51,11 +51,11 @@ MAX_CONNECTIONS, MIN_CONNECTIONS = 4096, 16  # open at once, within the open-fil
 FDS_PER_SESSION, FDS_RESERVED = 6, 64  # a session's pipes and upstream; logs, CRL, policy...
 
 
-class _PeerProtocol(H11Protocol):
-    """uvicorn's h11 protocol, giving the app the connection's verified certificate, and
-    bounding what a connection may hold without doing anything: past the connection limit
-    it is closed at once; a connection must start a request within the keep-alive time and
-    complete its head within HEAD_TIMEOUT (uvicorn times neither), so that idle or slow
+class _PeerProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, giving the app the connection's verified certificate,
+    and bounding what a connection may hold without doing anything: past the connection
+    limit it is closed at once; a connection must start a request within the keep-alive time
+    and complete its head within HEAD_TIMEOUT (uvicorn times neither), so that idle or slow
     connections cannot use up the gateway's file descriptors."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -73,23 +73,27 @@ class _PeerProtocol(H11Protocol):
         # As after a response: a connection that never sends a request is an idle one.
         self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
-    def data_received(self, data: bytes) -> None:
-        if self._head_timer is None and self.conn.their_state is h11.IDLE:
-            self._head_timer = self.loop.call_later(HEAD_TIMEOUT, self._head_timed_out)
-        super().data_received(data)
-        if self._head_timer is not None and self.conn.their_state is not h11.IDLE:
-            self._head_timer.cancel()  # the head is complete: the request runs
-            self._head_timer = None
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(HEAD_TIMEOUT, self._head_timed_out)
+
+    def on_headers_complete(self) -> None:
+        self._cancel_head_timer()  # the head is complete: the request runs
+        super().on_headers_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
-        super().connection_lost(exc)
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+        if not self.transport.is_closing():
             peer = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
             logger.warning("closed a connection from %s: no complete request head within %g s", peer, HEAD_TIMEOUT)
             self.transport.close()
@@ -151,7 +155,7 @@ class _WithPeer:
 class GatewayApp:
     """The ASGI application: one endpoint, every request checked, then its session."""
 
-    def __init__(self, sessions: SessionManager, revocation: LiveRevocation, body_limit: int,
+    def __init__(self, sessions: SessionTable, revocation: LiveRevocation, body_limit: int,
                  now: Callable[[], datetime]) -> None:
         self.sessions, self.revocation, self.now, self.body_limit = sessions, revocation, now, body_limit
         self._limited = RequestBodyLimitMiddleware(self._session, body_limit)
@@ -299,7 +303,7 @@ class Watchers:
     """The periodic work beside serving: CRL and policy reloads."""
 
     revocation: LiveRevocation
-    sessions: SessionManager
+    sessions: SessionTable
     refresh_seconds: float
     reload_policy: Callable[[], None]
     now: Callable[[], datetime]
@@ -331,7 +335,7 @@ class Watchers:
 
 
 async def serve(app: GatewayApp, sock: socket.socket, context: ssl.SSLContext, watchers: Watchers,
-                sessions: SessionManager) -> None:
+                sessions: SessionTable) -> None:
     """Serve until SIGTERM or SIGINT; then stop accepting, end every session, return."""
     connections, open_files = connection_limit(sessions.max_sessions)
     logger.info("accepting up to %d connections at once (open-file limit %d)", connections, open_files)
@@ -356,7 +360,7 @@ class _Server(uvicorn.Server):
     """uvicorn's server, ending the MCP sessions as soon as a signal asks it to stop: their
     open event streams would otherwise hold the graceful shutdown for its whole grace."""
 
-    def __init__(self, config: uvicorn.Config, sessions: SessionManager) -> None:
+    def __init__(self, config: uvicorn.Config, sessions: SessionTable) -> None:
         super().__init__(config)
         self._sessions = sessions
 

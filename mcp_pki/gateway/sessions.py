@@ -87,7 +87,7 @@ class _Pending:
 class Session:
     id: str
     owner: Peer
-    transport: StreamableHTTPServerTransport
+    transport: StreamableHTTPServerTransport | None = None  # None: relayed to an HTTP upstream
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     ended_because: str | None = None
     relay: "Relay | None" = None
@@ -124,19 +124,19 @@ class Relay:
                     if self.in_use(message.id):
                         await self._refuse_reused_id(to_client, message)
                         continue
-                    refusal = self._track(message)
+                    refusal = self.track(message)
                     if refusal is not None:
                         await self._answer(to_client, JSONRPCError(
                             jsonrpc="2.0", id=message.id, error=ErrorData(code=NOT_ALLOWED, message=refusal)))
                         continue
                 elif isinstance(message, JSONRPCNotification) and not message.method.startswith("notifications/"):
-                    await self._drop_notification(message)
+                    await self.drop_notification(message)
                     continue
                 elif isinstance(message, JSONRPCNotification) and message.method == "notifications/cancelled":
                     # The upstream answers a cancelled request with nothing: its line now.
                     cancelled = (message.params or {}).get("requestId")
                     if isinstance(cancelled, int | str) and cancelled in self.pending:
-                        await self._record(cancelled, "allowed", "cancelled")
+                        await self.record(cancelled, "allowed", "cancelled")
                 await upstream.send(message)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass  # the session was ended (DELETE, idle, revocation): its streams are closed
@@ -146,7 +146,7 @@ class Relay:
             if isinstance(message, JSONRPCResponse | JSONRPCError):
                 pending = self.pending.get(message.id) if message.id is not None else None
                 if pending is not None and isinstance(message, JSONRPCResponse):
-                    message = self._filtered(pending, message)
+                    message = self.filtered(pending, message)
                 await self._answer(to_client, message)
                 continue
             related = self._related_request(message)
@@ -157,7 +157,7 @@ class Relay:
         """The session ends (DELETE, revocation, idle, shutdown) with requests unanswered:
         each still gets its line in the tool-call log, as an error."""
         for request_id in list(self.pending):
-            await self._record(request_id, "allowed", "error")
+            await self.record(request_id, "allowed", "error")
 
     async def fail_pending(self, to_client: "WriteStream[SessionMessage]", reason: str) -> None:
         """Answer every request still waiting: an error now beats a call that never returns."""
@@ -166,7 +166,7 @@ class Relay:
             try:
                 await self._answer(to_client, error)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                await self._record(request_id, "allowed", "error")
+                await self.record(request_id, "allowed", "error")
 
     # ------------------------------------------------------------------ helpers
 
@@ -189,7 +189,7 @@ class Relay:
                        request.method, identity.label, self.session.label, request.id)
         await self._write(self._pending_of(request), "denied", "error")
 
-    async def _drop_notification(self, message: JSONRPCNotification) -> None:
+    async def drop_notification(self, message: JSONRPCNotification) -> None:
         """A request without an id (a tools/call as a notification) is outside the protocol,
         and forwarding it would bypass the policy and the audit: a server that executes it
         anyway would run a call nobody checked or recorded."""
@@ -217,7 +217,7 @@ class Relay:
             meta.get("progressToken") if isinstance(meta, dict) else None,
         )
 
-    def _track(self, request: JSONRPCRequest) -> str | None:
+    def track(self, request: JSONRPCRequest) -> str | None:
         """Note a client request; return why the policy refuses it, or None."""
         self.pending[request.id] = pending = self._pending_of(request)
         guarded = guarded_target(request.method, request.params or {})
@@ -240,10 +240,10 @@ class Relay:
             denied = isinstance(message, JSONRPCError) and message.error.code == NOT_ALLOWED
             failed = isinstance(message, JSONRPCError) or bool(
                 isinstance(message.result, dict) and message.result.get("isError"))
-            await self._record(message.id, "denied" if denied else "allowed", "error" if failed else "ok")
+            await self.record(message.id, "denied" if denied else "allowed", "error" if failed else "ok")
         await to_client.send(SessionMessage(message))
 
-    async def _record(self, request_id: RequestId, decision: str, outcome: str) -> None:
+    async def record(self, request_id: RequestId, decision: str, outcome: str) -> None:
         pending = self.pending.pop(request_id, None)
         if pending is not None:
             await self._write(pending, decision, outcome)
@@ -251,7 +251,7 @@ class Relay:
     async def _write(self, pending: _Pending, decision: str, outcome: str) -> None:
         await self._calllog.append(_line(pending, self.session.owner.identity, self.session.id, decision, outcome))
 
-    def _filtered(self, pending: _Pending, response: JSONRPCResponse) -> JSONRPCResponse:
+    def filtered(self, pending: _Pending, response: JSONRPCResponse) -> JSONRPCResponse:
         listed = LISTED_METHODS.get(pending.method) if pending.method is not None else None
         if listed is None or not isinstance(response.result, dict):
             return response
@@ -277,24 +277,23 @@ class Relay:
         return next(reversed(self.pending))
 
 
-class SessionManager:
-    """The sessions of one gateway: admission, ownership, idle and revocation endings."""
+class SessionTable:
+    """The open sessions of one gateway, each owned by the certificate that opened it: what
+    revocation, shutdown and the tool-call log need of them, whatever the upstream."""
 
-    def __init__(self, *, upstream: UpstreamFactory, permissions: Callable[[Identity], Permissions],
-                 calllog: CallLog, max_sessions: int, idle_seconds: float) -> None:
-        self._upstream, self._permissions, self._calllog = upstream, permissions, calllog
+    def __init__(self, *, permissions: Callable[[Identity], Permissions], calllog: CallLog, max_sessions: int,
+                 idle_seconds: float) -> None:
+        self._permissions, self._calllog = permissions, calllog
         self.max_sessions, self.idle_seconds = max_sessions, idle_seconds
         self.sessions: dict[str, Session] = {}
-        self._tasks: anyio.abc.TaskGroup | None = None
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Until cancelled; then every session ends and its upstream stops."""
-        try:
-            async with anyio.create_task_group() as self._tasks:
-                task_status.started()
-                await anyio.sleep_forever()
-        finally:
-            self._tasks = None
+        """Until cancelled; then every session ends and its upstream with it."""
+        raise NotImplementedError
+
+    async def handle(self, peer: Peer, scope: Scope, receive: Receive, send: Send) -> None:
+        """One HTTP request to the MCP endpoint, from a client whose certificate is valid."""
+        raise NotImplementedError
 
     def _forget(self, session: Session, reason: str) -> None:
         self.sessions.pop(session.id, None)
@@ -314,30 +313,83 @@ class SessionManager:
                 ended += 1
         return ended
 
+    async def owned_session(self, peer: Peer, session_id: str, scope: Scope, receive: Receive,
+                            send: Send) -> Session | None:
+        """The session `session_id` if `peer` owns it; else None, once the request is
+        answered 404 (and, a POST, recorded as denied): its owner's session is untouched."""
+        session = self.sessions.get(session_id)
+        if session is not None and session.owned_by(peer):
+            return session
+        if session is not None:
+            logger.warning("refused %s the session of %s (the session id of another certificate)",
+                           peer.identity.label, session.owner.identity.label)
+        if scope.get("method") == "POST":
+            refused = await receive()
+            receive = replaying(refused, receive)
+            await self.record_refused(peer, session_id, refused.get("body", b""))
+        await error_response("Session not found", 404)(scope, receive, send)
+        return None
+
+    async def refuse_if_full(self, peer: Peer, opening: bytes, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Answer 503 (and record it) when --max-sessions are open; whether it did."""
+        if len(self.sessions) < self.max_sessions:
+            return False
+        logger.warning("refused a new session for %s: %d sessions are open (--max-sessions)",
+                       peer.identity.label, len(self.sessions))
+        await self.record_refused(peer, None, opening)
+        await error_response("Too many open sessions", 503, INTERNAL_ERROR)(scope, receive, send)
+        return True
+
+    async def record_refused(self, peer: Peer, session_id: str | None, body: bytes | None) -> None:
+        """A request refused before any session relayed it (a revoked or expired certificate,
+        another certificate's session id, no place for a new session, a body past the limit:
+        None) still gets its line in the tool-call log, as denied."""
+        request = _request(body) if body is not None else None
+        if body is not None and request is None:
+            return  # not a request: nothing that a line could name
+        await self._calllog.append(_line(Relay._pending_of(request), peer.identity, session_id, "denied", "error"))
+
+    def new_relay(self, session: Session) -> "Relay":
+        session.relay = Relay(session, lambda: self._permissions(session.owner.identity), self._calllog)
+        return session.relay
+
+
+class SessionManager(SessionTable):
+    """Sessions with a stdio server: one process each, behind the SDK's server transport."""
+
+    def __init__(self, *, upstream: UpstreamFactory, permissions: Callable[[Identity], Permissions],
+                 calllog: CallLog, max_sessions: int, idle_seconds: float) -> None:
+        super().__init__(permissions=permissions, calllog=calllog, max_sessions=max_sessions,
+                         idle_seconds=idle_seconds)
+        self._upstream = upstream
+        self._tasks: anyio.abc.TaskGroup | None = None
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Until cancelled; then every session ends and its upstream stops."""
+        try:
+            async with anyio.create_task_group() as self._tasks:
+                task_status.started()
+                await anyio.sleep_forever()
+        finally:
+            self._tasks = None
+
     async def handle(self, peer: Peer, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope.get("headers") or [])
         raw_id = headers.get(MCP_SESSION_ID_HEADER.encode("ascii"))
         if raw_id is not None:
-            session = self.sessions.get(raw_id.decode("latin-1"))
-            if session is None or not session.owned_by(peer):
-                if session is not None:
-                    logger.warning("refused %s the session of %s (the session id of another certificate)",
-                                   peer.identity.label, session.owner.identity.label)
-                if scope.get("method") == "POST":
-                    refused = await receive()
-                    receive = _replaying(refused, receive)
-                    await self.record_refused(peer, raw_id.decode("latin-1"), refused.get("body", b""))
-                await error_response("Session not found", 404)(scope, receive, send)
+            session = await self.owned_session(peer, raw_id.decode("latin-1"), scope, receive, send)
+            if session is None:
                 return
+            assert session.transport is not None
             if scope.get("method") == "POST" and session.relay is not None:
                 # The transport keeps one answer stream per request id: a second request under
                 # a pending id would take the first one's stream, and its answer with it.
                 first = await receive()
-                receive = _replaying(first, receive)
+                receive = replaying(first, receive)
                 reused = _request(first.get("body", b""))
                 if reused is not None and session.relay.in_use(reused.id):
                     await session.relay.record_reused_id(reused)
-                    await _json_response(reused_id_error(reused.id), 200)(scope, receive, send)
+                    await json_response(reused_id_error(reused.id), 200)(scope, receive, send)
                     return
             await session.transport.handle_request(scope, receive, send)
             if session.transport.is_terminated:
@@ -352,15 +404,11 @@ class SessionManager:
         # only for an initialize request: the body-limit middleware has read the body already
         # and hands it over whole in its first message.
         opening = await receive()
-        if not _is_initialize(opening.get("body", b"") if opening.get("type") == "http.request" else b""):
+        if not is_initialize(opening.get("body", b"") if opening.get("type") == "http.request" else b""):
             await error_response("Bad Request: no session; open one with initialize", 400)(scope, receive, send)
             return
-        receive = _replaying(opening, receive)
-        if len(self.sessions) >= self.max_sessions:
-            logger.warning("refused a new session for %s: %d sessions are open (--max-sessions)",
-                           peer.identity.label, len(self.sessions))
-            await self.record_refused(peer, None, opening.get("body", b""))
-            await error_response("Too many open sessions", 503, INTERNAL_ERROR)(scope, receive, send)
+        receive = replaying(opening, receive)
+        if await self.refuse_if_full(peer, opening.get("body", b""), scope, receive, send):
             return
         assert self._tasks is not None
         transport = StreamableHTTPServerTransport(mcp_session_id=uuid4().hex, idle_timeout=self.idle_seconds)
@@ -381,18 +429,10 @@ class SessionManager:
             # no client holds this session, so it must not hold a place until it idles out.
             self._forget(session, "the opening request failed")
 
-    async def record_refused(self, peer: Peer, session_id: str | None, body: bytes | None) -> None:
-        """A request refused before any session relayed it (a revoked or expired certificate,
-        another certificate's session id, no place for a new session, a body past the limit:
-        None) still gets its line in the tool-call log, as denied."""
-        request = _request(body) if body is not None else None
-        if body is not None and request is None:
-            return  # not a request: nothing that a line could name
-        await self._calllog.append(_line(Relay._pending_of(request), peer.identity, session_id, "denied", "error"))
-
     async def _serve(self, session: Session, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         transport = session.transport
-        relay = session.relay = Relay(session, lambda: self._permissions(session.owner.identity), self._calllog)
+        assert transport is not None
+        relay = self.new_relay(session)
         with session.scope:
             try:
                 async with transport.connect() as (client, to_client):
@@ -419,6 +459,7 @@ class SessionManager:
 
     async def _relay(self, session: Session, relay: Relay, client: AsyncIterator[SessionMessage | Exception],
                      to_client: "WriteStream[SessionMessage]") -> None:
+        assert session.transport is not None
         idle = session.transport.idle_scope or anyio.CancelScope()
         with idle:
             try:
@@ -450,7 +491,7 @@ class SessionManager:
                 with anyio.move_on_after(1.0):
                     async for item in client:
                         if isinstance(item, SessionMessage) and isinstance(item.message, JSONRPCRequest):
-                            relay._track(item.message)
+                            relay.track(item.message)
                             await relay.fail_pending(to_client, reason)
                             await anyio.sleep(SETTLE_SECONDS)
                             break
@@ -483,7 +524,7 @@ def reused_id_error(request_id: RequestId) -> JSONRPCError:
         code=INVALID_REQUEST, message=f"invalid request: the id {request_id!r} is in use by a pending request"))
 
 
-def _is_initialize(body: bytes) -> bool:
+def is_initialize(body: bytes) -> bool:
     try:
         message = json.loads(body)
     except (ValueError, RecursionError):
@@ -491,7 +532,7 @@ def _is_initialize(body: bytes) -> bool:
     return isinstance(message, dict) and message.get("method") == "initialize" and message.get("id") is not None
 
 
-def _replaying(first: Message, receive: Receive) -> Receive:
+def replaying(first: Message, receive: Receive) -> Receive:
     """`receive` with `first`, already read, handed out again first."""
     pending = [first]
 
@@ -503,9 +544,9 @@ def _replaying(first: Message, receive: Receive) -> Receive:
 
 def error_response(message: str, status: int, code: int = -32600) -> Response:
     """A JSON-RPC error body (no request id) with the given HTTP status, as the SDK answers."""
-    return _json_response(JSONRPCError(jsonrpc="2.0", id=None, error=ErrorData(code=code, message=message)), status)
+    return json_response(JSONRPCError(jsonrpc="2.0", id=None, error=ErrorData(code=code, message=message)), status)
 
 
-def _json_response(message: JSONRPCError, status: int) -> Response:
+def json_response(message: JSONRPCError, status: int) -> Response:
     return Response(message.model_dump_json(by_alias=True, exclude_unset=True), status_code=status,
                     media_type="application/json")

@@ -47,9 +47,12 @@ def append(line: str) -> str:
 
 @server.tool()
 async def wait(seconds: float) -> str:
-    """Answers after `seconds`: a call that stays pending meanwhile."""
+    """Answers after `seconds`: a call that stays pending meanwhile. Says that it waits in
+    the side-effect file, if there is one, so that a test knows the call has arrived."""
     import anyio
 
+    if "TOOLBOX_SIDE_EFFECTS" in os.environ:
+        append(f"waiting {seconds:g} s")
     await anyio.sleep(min(seconds, 30.0))
     return "waited"
 
