@@ -21,6 +21,7 @@ from cryptography.x509.oid import NameOID
 from mcp_pki.errors import InvalidInput, PkiError
 from mcp_pki.pki.crl import RevocationReason, load_crls
 from mcp_pki.pki.profiles import serial_hex
+from mcp_pki.pki.signatures import is_issued_by
 
 # OpenSSL cipher string for TLS 1.2: forward secret AEAD suites only (TLS 1.3 suites are all
 # strong and not configured by this string).
@@ -194,13 +195,8 @@ def certificates_signed_by_any(
     for candidate in candidates:
         if not is_ca(candidate):
             continue
-        for root in roots:
-            try:
-                candidate.verify_directly_issued_by(root)
-            except (ValueError, TypeError, InvalidSignature):
-                continue
+        if any(is_issued_by(candidate, root) for root in roots):
             found.append(candidate)
-            break
     return found
 
 

@@ -20,14 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from mcp_pki import mtls
 from mcp_pki.pki.keys import SigningKey
-from mcp_pki.pki.signatures import is_signed_by, sign
+from mcp_pki.pki.signatures import is_issued_by, is_signed_by, sign
 
 CHECKPOINT = "checkpoint"
 MAX_INTERMEDIATES = 3  # our chains have one (or none with --single-tier); a bound, not a policy
@@ -120,9 +119,9 @@ class CheckpointVerifier:
     def _chains_to_anchor(self, leaf: x509.Certificate, intermediates: Sequence[x509.Certificate]) -> bool:
         current = leaf
         for _ in range(MAX_INTERMEDIATES + 1):
-            if any(_issued_by(current, anchor) for anchor in self.anchors):
+            if any(is_issued_by(current, anchor) for anchor in self.anchors):
                 return True
-            issuer = next((c for c in intermediates if mtls.is_ca(c) and _issued_by(current, c)), None)
+            issuer = next((c for c in intermediates if mtls.is_ca(c) and is_issued_by(current, c)), None)
             if issuer is None:
                 return False
             current = issuer
@@ -136,11 +135,3 @@ def _decode_chain(encoded: object) -> list[x509.Certificate]:
         return [x509.load_der_x509_certificate(base64.b64decode(str(item), validate=True)) for item in encoded]
     except (binascii.Error, ValueError):
         raise CheckpointError("carries no readable certificate") from None
-
-
-def _issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        certificate.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True

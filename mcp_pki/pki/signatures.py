@@ -1,4 +1,5 @@
-"""Raw signatures with a CA key: CRLs spliced by hand and audit checkpoints use them."""
+"""Raw signatures with a CA key (CRLs spliced by hand and audit checkpoints use them), and
+whether a certificate was issued by another."""
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -41,6 +42,15 @@ def is_signed_by(certificate: x509.Certificate, signature: bytes, data: bytes) -
         else:
             return False
     except InvalidSignature:
+        return False
+    return True
+
+
+def is_issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether `issuer` (its name and key) directly issued `certificate`."""
+    try:
+        certificate.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
         return False
     return True
 

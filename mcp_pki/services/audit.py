@@ -23,13 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from mcp_pki.pki.crl import entry_serial, revoked_entries
 from mcp_pki.pki.profiles import Issuer, serial_hex
-from mcp_pki.pki.signatures import is_signed_by, sign
+from mcp_pki.pki.signatures import is_issued_by, is_signed_by, sign
 from mcp_pki.services.crls import newest_signed_crls
 from mcp_pki.store.db import read_session
 from mcp_pki.store.models import AuditRecord, Authority, Certificate, CrlPublication, Revocation
@@ -262,17 +261,9 @@ def _checkpoint_signers(session: Session, root_pem: bytes | None) -> dict[str, x
             raise _ChainError("the inventory's root CA is not the one in ca.crt: the CA rows were replaced")
     trusted = {}
     for serial, certificate in certificates.items():
-        if any(certificate == root or _issued_by(certificate, root) for root in roots):
+        if any(certificate == root or is_issued_by(certificate, root) for root in roots):
             trusted[serial] = certificate
     return trusted
-
-
-def _issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        certificate.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
 
 
 def _verify_chain(records: list[AuditRecord], signers: dict[str, x509.Certificate]) -> tuple[int, int]:
