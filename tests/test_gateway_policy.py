@@ -214,7 +214,7 @@ def test_every_request_has_its_chained_line_and_tampering_is_named(
         assert_clean_error(pki("audit", "verify", "--file", str(copy)), expected)
 
 
-def test_a_restarted_gateway_continues_the_chain(pki: Cli, files: dict[str, Any], tmp_path: Path) -> None:
+def test_a_restarted_gateway_continues_the_chain(pki: Cli, tmp_path: Path) -> None:
     log = tmp_path / "calls.jsonl"
     for run in range(2):
         with Gateway(pki, "--as", "srv", "--audit-log", str(log), log=tmp_path / f"gateway{run}.log") as gateway:
