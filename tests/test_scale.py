@@ -149,3 +149,28 @@ def test_list_json_refuses_a_corrupt_row_like_the_table(ca: Cli, stored: str) ->
     for args in (("list",), ("list", "--json")):
         result = ca(*args)
         assert result.exit_code == 1 and "inventory is corrupt" in result.stderr, (args, result.stderr)
+
+
+def test_list_formats_plain_name_lists_in_sql_and_decodes_the_rest_in_python() -> None:
+    """The listing's SQL fast path (names joined by the database) must match the lists that
+    json.dumps writes, and leave anything with an escape or a quote to Python's decoder."""
+    from sqlalchemy import create_engine, literal, select
+
+    from mcp_pki.services.inventory import _joined, _plain_list
+
+    engine = create_engine("sqlite://")
+    cases = {
+        '["a.example", "b.example"]': (True, "a.example, b.example"),
+        '["dev"]': (True, "dev"),
+        "[]": (False, ""),
+        '["caf\\u00e9"]': (False, None),  # an escape: Python decodes it
+        '["a\\"b"]': (False, None),
+        '["a", 1]': (False, None),
+        '{"a": 1}': (False, None),
+    }
+    with engine.connect() as connection:
+        for stored, (plain, joined) in cases.items():
+            value = literal(stored)
+            row = connection.execute(select(_plain_list(value), _joined(value, ""))).one()
+            assert (bool(row[0]), row[1]) == (plain, joined), stored
+    engine.dispose()

@@ -72,7 +72,11 @@ def list_command(
         colour = sys.stdout.isatty()  # never escape codes in a pipe or a file
         write(f"{'SERIAL':{width}}  {'KIND':6}  {'NAME':20}  {'STATUS':10}  {'NOT AFTER':16}  NAMES / ROLES\n")
         for row in itertools.chain((first,), rows):
-            row = shown_fields(row)  # names come from CSRs and from a database others can write
+            # Names come from CSRs and from a database others can write: escaped unless the
+            # row is printable ASCII throughout (one check in C for the usual row).
+            probe = f"{row.serial}{row.kind}{row.name}{row.status}{row.not_after}{row.names}"
+            if not (probe.isascii() and probe.isprintable()):
+                row = shown_fields(row)
             status_text = click.style(f"{row.status:10}", fg=_STATUS_COLOURS[row.status]) if colour else f"{row.status:10}"
             write(
                 f"{row.serial[:width]:{width}}  {row.kind:6}  {row.name:20}  {status_text}  "

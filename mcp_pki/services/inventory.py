@@ -359,7 +359,8 @@ def _plain_list(stored: Any) -> Any:
     writes it ('["a", "b"]')."""
     inner = func.substr(stored, 3, func.length(stored) - 4)
     return and_(
-        stored.op("GLOB")('["*"]'), func.instr(stored, "\\") == 0,
+        # GLOB reads "[" as the start of a set of characters: "[[]" is the bracket itself.
+        stored.op("GLOB")('[[]"*"]'), func.instr(stored, "\\") == 0,
         func.instr(func.replace(inner, '", "', ""), '"') == 0,
     )
 
