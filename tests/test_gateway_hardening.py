@@ -481,3 +481,76 @@ def test_idle_and_slow_connections_cannot_use_up_the_gateways_file_descriptors(
             for conn in [slow, *idle]:
                 conn.close()
         assert "Traceback" not in gateway.stderr()
+
+
+def test_a_cancelled_list_is_still_filtered_and_recorded_once(
+        pki: Cli, policy_gateway: tuple[Gateway, Path]) -> None:
+    """A server may answer a request the client cancelled: the answer must be filtered all
+    the same (an analyst cancelling her own tools/list saw every tool)."""
+    gateway, policy = policy_gateway
+    lister, canceller = RawClient(pki, pki.cwd / "alice", gateway.port), RawClient(pki, pki.cwd / "alice", gateway.port)
+    seen: list[set[str]] = []
+    try:
+        lister.initialize()
+        canceller.session = lister.session
+        for request_id in range(100, 108):
+            def cancel(request_id: int = request_id) -> None:
+                canceller.post({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                                "params": {"requestId": request_id}})
+
+            thread = threading.Thread(target=cancel)
+            thread.start()
+            _status, messages, _ = lister.post({"jsonrpc": "2.0", "id": request_id, "method": "tools/list"})
+            thread.join(TIMEOUT)
+            for message in messages:
+                if message.get("id") == request_id and "result" in message:
+                    seen.append({tool["name"] for tool in message["result"]["tools"]})
+    finally:
+        lister.close()
+        canceller.close()
+    assert all(names <= {"echo", "append"} for names in seen), seen
+    lines = [c for c in _calls(policy.parent) if c["session"] == lister.session and c["method"] == "tools/list"]
+    assert len(lines) == 8 and {c["outcome"] for c in lines} <= {"ok", "cancelled"}, lines
+
+
+def test_messages_that_are_two_kinds_at_once_or_have_bad_ids_are_refused_cleanly(
+        pki: Cli, policy_gateway: tuple[Gateway, Path]) -> None:
+    """A tools/call that also carries "error" is a response to a parser that looks at the
+    members, a request to one that looks at "method": it never reaches the server as either."""
+    gateway, policy = policy_gateway
+    client = RawClient(pki, pki.cwd / "alice", gateway.port)
+    try:
+        client.initialize()
+        for smuggled in (
+            {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "error": {"code": 0, "message": "x"},
+             "params": {"name": "append", "arguments": {"line": "smuggled"}}},
+            {"jsonrpc": "2.0", "id": 8, "method": "tools/call", "result": {},
+             "params": {"name": "append", "arguments": {"line": "smuggled"}}},
+            {"jsonrpc": "2.0", "id": [1], "method": "ping"},
+            {"jsonrpc": "2.0", "id": True, "method": "ping"},
+        ):
+            status, _messages, _ = client.post(smuggled)
+            assert status in (200, 202, 400), (smuggled, status)
+        status, answer = client.call("echo", text="after")
+        assert status == 200 and answer is not None and answer["result"]["content"][0]["text"] == "after"
+    finally:
+        client.close()
+    # Whatever a message was taken for, the server ran no call the gateway did not check and
+    # record: each append that ran has its allowed line (alice may append).
+    effects = policy.parent / "appended.txt"
+    ran = (effects.read_text() if effects.exists() else "").splitlines().count("smuggled")
+    recorded = [c for c in _calls(policy.parent) if c["session"] == client.session and c["target"] == "append"
+                and c["decision"] == "allowed"]
+    assert ran <= len(recorded), (ran, recorded)
+    assert "Traceback" not in gateway.stderr()
+
+
+@pytest.mark.parametrize("ending", [b"\n\n", b"\r\n\r\n", b"\r\r", b"\n\r\n", b"\r\n\n", b"\r\r\n"])
+def test_an_event_ends_at_any_blank_line_sse_allows(ending: bytes) -> None:
+    from mcp_pki.gateway.proxy import _EVENT_END
+
+    line_end = ending[:2] if ending.startswith(b"\r\n") else ending[:1]
+    stream = b"event: message" + line_end + b'data: {"id": 1}' + ending + b"data: next"
+    found = _EVENT_END.search(stream)
+    assert found is not None and stream[found.end():] == b"data: next", ending
+    assert _EVENT_END.search(b"data: one\r\ndata: two\r\n") is None  # CRLF is one line end

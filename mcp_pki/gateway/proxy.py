@@ -59,17 +59,23 @@ from mcp_pki.mtls import Identity
 
 logger = logging.getLogger("mcp_pki.gateway")
 
-# The client's headers that go on: what frames the body and MCP's own (the session id is
-# swapped for the server's). Anything else, such as cookies, credentials and X-Client-* or
-# XFCC headers a client made up, stays at the gateway.
-FORWARDED = frozenset({b"content-type", b"accept", b"last-event-id"})
+# The client's headers that go on: what frames the body, and the protocol version (the
+# session id is swapped for the server's). Anything else stays at the gateway: cookies,
+# credentials, X-Client-* or XFCC headers a client made up, routing headers (Mcp-Method,
+# Mcp-Name) that could say other than the body the policy read, and Last-Event-ID, whose
+# replay of an earlier stream would bypass the list filtering done when it first passed.
+FORWARDED = frozenset({b"content-type", b"accept", b"mcp-protocol-version"})
+MESSAGE_MEMBERS = frozenset({"jsonrpc", "id", "method", "params", "result", "error"})
+MAX_EVENT = 32 * 1024 * 1024  # bytes of one answer held to be read: larger is refused
 # The server's headers that do not come back: the gateway frames the answer itself.
 NOT_RETURNED = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"date",
                           b"server", b"mcp-session-id"})
 HTTP_TIMEOUT, HTTP_READ_TIMEOUT = 30.0, 300.0  # seconds to connect or write; to wait for an answer
 CLOSE_WAIT = 2.0  # seconds for the server's session to end (DELETE) when ours does
 IDLE_CHECK = 5.0  # seconds between looks for idle sessions, at most
-_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+# A blank line ends an event; a line ends with CRLF, LF or CR, so any two in a row.
+_LINE_END = rb"(?:\r\n|\r(?!\n)|(?<!\r)\n)"
+_EVENT_END = re.compile(_LINE_END + _LINE_END)
 
 
 @dataclass(eq=False)
@@ -197,12 +203,21 @@ class ProxySessionManager(SessionTable):
             await _reply(send, _error(None, INVALID_REQUEST, "invalid request: send one JSON-RPC message per "
                                                                "request (batches are not relayed)"), 400)
             return False
+        # A message that is two kinds at once (a request with an "error") or carries members
+        # JSON-RPC has not: servers differ on what it is, so it is nobody's to guess.
+        if not message.keys() <= MESSAGE_MEMBERS or ("method" in message and message.keys() & {"result", "error"}):
+            await _reply(send, _error(_plain_id(message.get("id")), INVALID_REQUEST,
+                                      "invalid request: not one JSON-RPC message"), 400)
+            return False
         try:
             parsed = jsonrpc_message_adapter.validate_python(message, by_name=False)
         except ValidationError:
-            await _reply(send, _error(message.get("id"), INVALID_REQUEST, "invalid request: not a JSON-RPC "
-                                                                          "message"), 400)
+            await _reply(send, _error(_plain_id(message.get("id")), INVALID_REQUEST,
+                                      "invalid request: not a JSON-RPC message"), 400)
             return False
+        # What goes on is the message as the gateway read it, not the client's bytes: a
+        # duplicate key or an odd encoding cannot mean one thing here and another there.
+        body = parsed.model_dump_json(by_alias=True, exclude_unset=True).encode("utf-8")
         answering: RequestId | None = None
         if isinstance(parsed, JSONRPCRequest):
             if relay.in_use(parsed.id):
@@ -222,10 +237,7 @@ class ProxySessionManager(SessionTable):
                 await send({"type": "http.response.body", "body": b""})
                 return False
             if parsed.method == "notifications/cancelled":
-                # The server answers a cancelled request with nothing: its line now.
-                cancelled = (parsed.params or {}).get("requestId")
-                if isinstance(cancelled, int | str) and cancelled in relay.pending:
-                    await relay.record(cancelled, "allowed", "cancelled")
+                await relay.cancel((parsed.params or {}).get("requestId"))
         return await self._exchange(session, scope, body, send, answering=answering, opening=opening)
 
     async def _exchange(self, session: ProxySession, scope: Scope, body: bytes, send: Send, *,
@@ -274,19 +286,24 @@ class ProxySessionManager(SessionTable):
         relay = session.relay
         assert relay is not None
         status = response.status_code
+        succeeded = 200 <= status < 300
         headers = [(k.lower(), v) for k, v in response.headers.raw if k.lower() not in NOT_RETURNED]
-        if opening and status == 200:
+        if opening and succeeded:
             session.upstream_id = response.headers.get("mcp-session-id")
             headers.append((b"mcp-session-id", session.id.encode("ascii")))
         content_type = response.headers.get("content-type", "").lower()
-        if answering is not None and status == 200 and content_type.startswith("application/json"):
-            data = await self._answered(session, answering, await response.aread())
+        if answering is not None and succeeded and content_type.startswith("application/json"):
+            data = await _read_capped(response)
+            data = await self._answered(session, answering, data) if data is not None else \
+                await self._refuse_answer(session, answering, "too large")
             headers.append((b"content-length", str(len(data)).encode("ascii")))
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": data})
             return True
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        if answering is not None and status == 200 and content_type.startswith("text/event-stream"):
+        if succeeded and content_type.startswith("text/event-stream"):
+            # A POST's stream carries its answer; the GET stream may carry the answer to any
+            # request still waiting (a server may send it there): each is read for it.
             await self._stream_events(session, response, send, answering)
         else:
             if answering is not None:
@@ -296,47 +313,69 @@ class ProxySessionManager(SessionTable):
             async for chunk in response.aiter_raw():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-        return 200 <= status < 300
+        return succeeded
 
     async def _stream_events(self, session: ProxySession, response: httpx2.Response, send: Send,
-                             answering: RequestId) -> None:
-        """Pass each event on as it completes; the answer's, once recorded (and filtered)."""
+                             answering: RequestId | None) -> None:
+        """Pass each event on as it completes; an answer once recorded (and filtered). After
+        a POST's answer the rest streams on as it comes."""
         relay = session.relay
         assert relay is not None
-        held = b""
+        held, scanned = bytearray(), 0
         async for chunk in response.aiter_raw():
             held += chunk
             out = []
-            while answering in relay.pending and (end := _EVENT_END.search(held)) is not None:
-                event, held = held[:end.end()], held[end.end():]
+            while (answering is None or relay.expects(answering) is not None) and \
+                    (end := _EVENT_END.search(held, max(0, scanned - 3))) is not None:
+                event = bytes(held[:end.end()])
+                del held[:end.end()]
+                scanned = 0
                 out.append(await self._maybe_answer(session, answering, event))
-            if answering not in relay.pending:
-                out.append(held)  # answered: the rest streams on as it comes
-                held = b""
+            scanned = len(held)
+            if answering is not None and relay.expects(answering) is None:
+                out.append(bytes(held))  # answered: the rest streams on as it comes
+                held.clear()
+            elif len(held) > MAX_EVENT:
+                # An event this large is not read through: what it would carry is refused.
+                if answering is not None:
+                    out.append(_event(await self._refuse_answer(session, answering, "too large")))
+                logger.warning("%s: an event from the MCP server is larger than %d bytes: stream ended",
+                               session.label, MAX_EVENT)
+                await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+                return
             if out:
                 await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
         if held:
-            await send({"type": "http.response.body", "body": held, "more_body": True})
-        await relay.record(answering, "allowed", "error")  # no-op once answered
+            await send({"type": "http.response.body", "body": bytes(held), "more_body": True})
+        if answering is not None:
+            await relay.record(answering, "allowed", "error")  # the stream ended unanswered
 
-    async def _maybe_answer(self, session: ProxySession, answering: RequestId, event: bytes) -> bytes:
-        """The event unchanged, unless it carries the answer: then recorded, filtered, re-made."""
+    async def _maybe_answer(self, session: ProxySession, answering: RequestId | None, event: bytes) -> bytes:
+        """The event unchanged, unless it carries an answer the gateway waits for (to
+        `answering`, or to any request when None): then recorded, filtered, re-made."""
+        relay = session.relay
+        assert relay is not None
         lines = event.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
         data = b"\n".join(line[5:].removeprefix(b" ") for line in lines if line.startswith(b"data:"))
         try:
             message = json.loads(data) if data else None
         except (ValueError, RecursionError):
             return event
-        if not _answers(message, answering):
+        request_id = message.get("id") if isinstance(message, dict) else None
+        if answering is not None and request_id != answering:
             return event
-        answered = await self._answered(session, answering, data)
+        if relay.expects(request_id) is None or not _answers(message, request_id):  # type: ignore[arg-type]
+            return event
+        assert isinstance(request_id, int | str)
+        answered = await self._answered(session, request_id, data)
         if answered is data:
             return event
         kept = [line for line in lines if line and not line.startswith(b"data:")]
         return b"\n".join([*kept, b"data: " + answered]) + b"\n\n"
 
     async def _answered(self, session: ProxySession, answering: RequestId, data: bytes) -> bytes:
-        """Record the answer to `answering` (durably, before it goes on) and filter a list."""
+        """Record the answer to `answering` (durably, before it goes on) and filter a list;
+        an answer that cannot be read as one is refused, not passed on."""
         relay = session.relay
         assert relay is not None
         try:
@@ -344,18 +383,28 @@ class ProxySessionManager(SessionTable):
         except (ValueError, RecursionError):
             message = None
         if not _answers(message, answering):
-            await relay.record(answering, "allowed", "error")
-            return data
+            return await self._refuse_answer(session, answering, "not a JSON-RPC answer to it")
         result = message.get("result")
         failed = "error" in message or (isinstance(result, dict) and bool(result.get("isError")))
-        pending = relay.pending.get(answering)
-        if pending is not None and pending.method in LISTED_METHODS and isinstance(result, dict):
-            response = JSONRPCResponse.model_validate(message)
+        pending = relay.expects(answering)
+        if pending is not None and pending.method in LISTED_METHODS:
+            try:
+                response = JSONRPCResponse.model_validate(message)
+            except ValidationError:
+                return await self._refuse_answer(session, answering, "not a JSON-RPC answer to it")
             filtered = relay.filtered(pending, response)
             if filtered is not response:
                 data = filtered.model_dump_json(by_alias=True, exclude_unset=True).encode("utf-8")
         await relay.record(answering, "allowed", "error" if failed else "ok")
         return data
+
+    async def _refuse_answer(self, session: ProxySession, answering: RequestId, why: str) -> bytes:
+        """In place of an answer the gateway cannot read or check: an error, and its line."""
+        assert session.relay is not None
+        logger.warning("%s: the MCP server's answer to %r is %s: refused", session.label, answering, why)
+        await session.relay.record(answering, "allowed", "error")
+        return _error(answering, UPSTREAM_GONE, f"the MCP server's answer is {why}").model_dump_json(
+            by_alias=True, exclude_unset=True).encode("utf-8")
 
     async def _failed(self, session: ProxySession, exc: httpx2.TransportError, send: Send, started: bool,
                       answering: RequestId | None) -> None:
@@ -379,8 +428,7 @@ class ProxySessionManager(SessionTable):
             await _reply(send, _error(None, UPSTREAM_GONE, reason), 502)
 
     def _headers(self, session: ProxySession, client_headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        headers = [(k, v) for k, v in client_headers
-                   if k in FORWARDED or (k.startswith(b"mcp-") and k != b"mcp-session-id")]
+        headers = [(k, v) for k, v in client_headers if k in FORWARDED]
         if session.upstream_id is not None:
             headers.append((b"mcp-session-id", session.upstream_id.encode("latin-1")))
         return headers + session.identity_headers
@@ -390,6 +438,25 @@ def _answers(message: Any, request_id: RequestId) -> bool:
     """Whether `message` is the response or error answering `request_id`."""
     return (isinstance(message, dict) and "method" not in message and ("result" in message or "error" in message)
             and message.get("id") == request_id and type(message.get("id")) is type(request_id))
+
+
+def _plain_id(value: object) -> RequestId | None:
+    """A client's id fit to echo in an error: a string or an integer, else none."""
+    return value if isinstance(value, int | str) and not isinstance(value, bool) else None
+
+
+def _event(data: bytes) -> bytes:
+    return b"event: message\ndata: " + data + b"\n\n"
+
+
+async def _read_capped(response: httpx2.Response) -> bytes | None:
+    """The whole body, or None past MAX_EVENT."""
+    body = bytearray()
+    async for chunk in response.aiter_raw():
+        body += chunk
+        if len(body) > MAX_EVENT:
+            return None
+    return bytes(body)
 
 
 def _error(request_id: RequestId | None, code: int, message: str) -> JSONRPCError:

@@ -112,6 +112,7 @@ class Relay:
     def __init__(self, session: Session, permissions: Callable[[], Permissions], calllog: CallLog) -> None:
         self.session, self._permissions, self._calllog = session, permissions, calllog
         self.pending: dict[RequestId, _Pending] = {}
+        self.cancelled: dict[RequestId, _Pending] = {}  # recorded as cancelled, not yet answered
 
     async def from_client(self, client: AsyncIterator[SessionMessage | Exception],
                           to_client: "WriteStream[SessionMessage]", upstream: Upstream) -> None:
@@ -133,10 +134,7 @@ class Relay:
                     await self.drop_notification(message)
                     continue
                 elif isinstance(message, JSONRPCNotification) and message.method == "notifications/cancelled":
-                    # The upstream answers a cancelled request with nothing: its line now.
-                    cancelled = (message.params or {}).get("requestId")
-                    if isinstance(cancelled, int | str) and cancelled in self.pending:
-                        await self.record(cancelled, "allowed", "cancelled")
+                    await self.cancel((message.params or {}).get("requestId"))
                 await upstream.send(message)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass  # the session was ended (DELETE, idle, revocation): its streams are closed
@@ -144,7 +142,7 @@ class Relay:
     async def from_upstream(self, upstream: Upstream, to_client: "WriteStream[SessionMessage]") -> None:
         async for message in upstream.messages():
             if isinstance(message, JSONRPCResponse | JSONRPCError):
-                pending = self.pending.get(message.id) if message.id is not None else None
+                pending = self.expects(message.id)
                 if pending is not None and isinstance(message, JSONRPCResponse):
                     message = self.filtered(pending, message)
                 await self._answer(to_client, message)
@@ -158,6 +156,25 @@ class Relay:
         each still gets its line in the tool-call log, as an error."""
         for request_id in list(self.pending):
             await self.record(request_id, "allowed", "error")
+        self.cancelled.clear()
+
+    def expects(self, request_id: object) -> _Pending | None:
+        """The client request an answer with this id answers: pending, or cancelled (a
+        server may answer anyway, and a list must then be filtered all the same). The id's
+        type must match too: True is not 1, nor "1"."""
+        if not isinstance(request_id, int | str) or isinstance(request_id, bool):
+            return None
+        return self.pending.get(request_id) or self.cancelled.get(request_id)
+
+    async def cancel(self, request_id: object) -> None:
+        """The client cancelled a request: its line now (a server answers a cancelled request
+        with nothing), while what it was stays known, should an answer come all the same."""
+        if not isinstance(request_id, int | str) or isinstance(request_id, bool):
+            return
+        pending = self.pending.pop(request_id, None)
+        if pending is not None:
+            self.cancelled[request_id] = pending
+            await self._write(pending, "allowed", "cancelled")
 
     async def fail_pending(self, to_client: "WriteStream[SessionMessage]", reason: str) -> None:
         """Answer every request still waiting: an error now beats a call that never returns."""
@@ -172,7 +189,7 @@ class Relay:
 
     def in_use(self, request_id: RequestId) -> bool:
         # The transport routes answers by the id's text, so 1 and "1" are one id there too.
-        return request_id in self.pending or any(str(k) == str(request_id) for k in self.pending)
+        return any(str(k) == str(request_id) for k in (*self.pending, *self.cancelled))
 
     async def _refuse_reused_id(self, to_client: "WriteStream[SessionMessage]", request: JSONRPCRequest) -> None:
         """Refuse a request whose id a pending one holds, unforwarded: the answers, the list
@@ -241,12 +258,17 @@ class Relay:
             failed = isinstance(message, JSONRPCError) or bool(
                 isinstance(message.result, dict) and message.result.get("isError"))
             await self.record(message.id, "denied" if denied else "allowed", "error" if failed else "ok")
+        elif message.id is not None:
+            self.cancelled.pop(message.id, None)  # answered after all: its line is written
         await to_client.send(SessionMessage(message))
 
     async def record(self, request_id: RequestId, decision: str, outcome: str) -> None:
+        """The request's line, once: a cancelled request has had its own."""
         pending = self.pending.pop(request_id, None)
         if pending is not None:
             await self._write(pending, decision, outcome)
+        else:
+            self.cancelled.pop(request_id, None)
 
     async def _write(self, pending: _Pending, decision: str, outcome: str) -> None:
         await self._calllog.append(_line(pending, self.session.owner.identity, self.session.id, decision, outcome))
