@@ -164,6 +164,7 @@ class ProxySessionManager(SessionTable):
         elif method in ("GET", "DELETE"):
             await self._exchange(session, scope, b"", send)
             if method == "DELETE":
+                session.upstream_id = None  # the server has had this DELETE: not another
                 self._forget(session, "the client ended it")
         else:
             await error_response("Method Not Allowed", 405)(scope, receive, send)
