@@ -87,3 +87,22 @@ def test_idle_and_revoked_sessions_end_and_shutdown_is_prompt(pki: Cli, upstream
             carol.close()
         log = gateway.stderr()
         assert "the gateway is stopping" in log and "Traceback" not in log
+
+
+def test_one_certificate_cannot_take_every_session_place(pki: Cli, upstream: list[str], tmp_path: Path) -> None:
+    with Gateway(pki, "--as", "srv", *upstream, "--max-sessions", "4", "--max-sessions-per-client", "2",
+                 command=[], log=tmp_path / "gateway.log") as gateway:
+        clients = [RawClient(pki, pki.cwd / "alice", gateway.port) for _ in range(3)]
+        bob = RawClient(pki, pki.cwd / "bob", gateway.port)
+        try:
+            clients[0].initialize()
+            clients[1].initialize()
+            status, messages, _ = clients[2].post({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "x", "version": "1"}}})
+            assert status == 503 and "for this client certificate" in messages[0]["error"]["message"]
+            bob.initialize()  # another certificate still gets a place
+            assert bob.call("echo", text="bob")[0] == 200
+        finally:
+            for client in [*clients, bob]:
+                client.close()
+        assert "(--max-sessions-per-client)" in gateway.stderr()

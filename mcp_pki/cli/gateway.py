@@ -53,6 +53,8 @@ def _seconds(text: str, option: str) -> float:
               help="End a session (and its process) after this long without requests (90s, 30m, 2h).")
 @click.option("--max-sessions", type=click.IntRange(min=1), default=100, show_default=True,
               help="Open sessions at most; more get HTTP 503.")
+@click.option("--max-sessions-per-client", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Open sessions at most for one client certificate; more get HTTP 503.")
 @click.option("--max-body", type=click.IntRange(min=1024), default=4 * 1024 * 1024, show_default=True,
               metavar="BYTES", help="Largest request body; larger gets HTTP 413.")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details (and the servers' stderr) to stderr.")
@@ -61,7 +63,7 @@ def gateway(
     settings: Settings, command: tuple[str, ...], ref: str | None, cert_file: Path | None, key_file: Path | None,
     ca_file: Path | None, crl_file: Path | None, upstream_url: str | None, listen: str, crl_refresh: float,
     fail_on_stale_crl: bool, policy_file: Path | None, audit_log: Path | None, session_idle: str,
-    max_sessions: int, max_body: int, verbose: bool,
+    max_sessions: int, max_sessions_per_client: int, max_body: int, verbose: bool,
 ) -> None:
     """Serve a stdio MCP server over HTTPS, requiring client certificates from our CA.
 
@@ -91,7 +93,8 @@ def gateway(
     options = GatewayOptions(
         command=command, upstream_url=upstream_url, listen=listen, crl_refresh=crl_refresh,
         fail_on_stale_crl=fail_on_stale_crl, policy_file=policy_file, audit_log=audit_log,
-        session_idle=_seconds(session_idle, "--session-idle"), max_sessions=max_sessions, max_body=max_body,
+        session_idle=_seconds(session_idle, "--session-idle"), max_sessions=max_sessions,
+        max_sessions_per_client=max_sessions_per_client, max_body=max_body,
     )
     tls = TlsOptions(ref=ref, cert_file=cert_file, key_file=key_file, ca_file=ca_file, crl_file=crl_file)
     prepared = prepare_gateway(settings.home(), tls, options, os.environ, now=now())

@@ -97,9 +97,9 @@ class ProxySessionManager(SessionTable):
 
     def __init__(self, *, url: str, identity_headers: Callable[[Peer], Mapping[str, str]],
                  permissions: Callable[[Identity], Permissions], calllog: CallLog, max_sessions: int,
-                 idle_seconds: float) -> None:
+                 idle_seconds: float, max_per_client: int | None = None) -> None:
         super().__init__(permissions=permissions, calllog=calllog, max_sessions=max_sessions,
-                         idle_seconds=idle_seconds)
+                         idle_seconds=idle_seconds, max_per_client=max_per_client)
         self.url, self._identity_headers = url, identity_headers
         self._client: httpx2.AsyncClient | None = None
         self._tasks: anyio.abc.TaskGroup | None = None

@@ -304,9 +304,10 @@ class SessionTable:
     revocation, shutdown and the tool-call log need of them, whatever the upstream."""
 
     def __init__(self, *, permissions: Callable[[Identity], Permissions], calllog: CallLog, max_sessions: int,
-                 idle_seconds: float) -> None:
+                 idle_seconds: float, max_per_client: int | None = None) -> None:
         self._permissions, self._calllog = permissions, calllog
         self.max_sessions, self.idle_seconds = max_sessions, idle_seconds
+        self.max_per_client = max_sessions if max_per_client is None else max_per_client
         self.sessions: dict[str, Session] = {}
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -353,13 +354,22 @@ class SessionTable:
         return None
 
     async def refuse_if_full(self, peer: Peer, opening: bytes, scope: Scope, receive: Receive, send: Send) -> bool:
-        """Answer 503 (and record it) when --max-sessions are open; whether it did."""
-        if len(self.sessions) < self.max_sessions:
+        """Answer 503 (and record it) when --max-sessions are open, or when this certificate
+        holds --max-sessions-per-client of them (one client must not take every place until
+        they idle out); whether it did."""
+        owned = sum(1 for session in self.sessions.values() if session.owned_by(peer))
+        if owned >= self.max_per_client:
+            logger.warning("refused a new session for %s: it holds %d sessions (--max-sessions-per-client)",
+                           peer.identity.label, owned)
+            reason = "Too many open sessions for this client certificate"
+        elif len(self.sessions) >= self.max_sessions:
+            logger.warning("refused a new session for %s: %d sessions are open (--max-sessions)",
+                           peer.identity.label, len(self.sessions))
+            reason = "Too many open sessions"
+        else:
             return False
-        logger.warning("refused a new session for %s: %d sessions are open (--max-sessions)",
-                       peer.identity.label, len(self.sessions))
         await self.record_refused(peer, None, opening)
-        await error_response("Too many open sessions", 503, INTERNAL_ERROR)(scope, receive, send)
+        await error_response(reason, 503, INTERNAL_ERROR)(scope, receive, send)
         return True
 
     async def record_refused(self, peer: Peer, session_id: str | None, body: bytes | None) -> None:
@@ -380,9 +390,9 @@ class SessionManager(SessionTable):
     """Sessions with a stdio server: one process each, behind the SDK's server transport."""
 
     def __init__(self, *, upstream: UpstreamFactory, permissions: Callable[[Identity], Permissions],
-                 calllog: CallLog, max_sessions: int, idle_seconds: float) -> None:
+                 calllog: CallLog, max_sessions: int, idle_seconds: float, max_per_client: int | None = None) -> None:
         super().__init__(permissions=permissions, calllog=calllog, max_sessions=max_sessions,
-                         idle_seconds=idle_seconds)
+                         idle_seconds=idle_seconds, max_per_client=max_per_client)
         self._upstream = upstream
         self._tasks: anyio.abc.TaskGroup | None = None
 

@@ -47,6 +47,7 @@ class GatewayOptions:
     audit_log: Path | None = None
     session_idle: float = 30 * 60.0
     max_sessions: int = 100
+    max_sessions_per_client: int = 10
     max_body: int = 4 * 1024 * 1024
 
 
@@ -118,11 +119,13 @@ class PreparedGateway:
             manager = ProxySessionManager(
                 url=self.options.upstream_url, identity_headers=identity_headers, permissions=self.policy.permissions,
                 calllog=self.calllog, max_sessions=self.options.max_sessions, idle_seconds=self.options.session_idle,
+                max_per_client=self.options.max_sessions_per_client,
             )
         else:
             manager = SessionManager(
                 upstream=self._stdio_upstream(), permissions=self.policy.permissions, calllog=self.calllog,
                 max_sessions=self.options.max_sessions, idle_seconds=self.options.session_idle,
+                max_per_client=self.options.max_sessions_per_client,
             )
         app = GatewayApp(manager, self.revocation, self.options.max_body, utc_now)
         watchers = Watchers(self.revocation, manager, self.options.crl_refresh, self.policy.reload, utc_now)
