@@ -542,6 +542,10 @@ def test_messages_that_are_two_kinds_at_once_or_have_bad_ids_are_refused_cleanly
     recorded = [c for c in _calls(policy.parent) if c["session"] == client.session and c["target"] == "append"
                 and c["decision"] == "allowed"]
     assert ran <= len(recorded), (ran, recorded)
+    if "--upstream" in gateway.args:  # refused there as malformed: each attempt is on record
+        refused = [c for c in _calls(policy.parent) if c["session"] == client.session and c["target"] == "append"
+                   and c["decision"] == "denied"]
+        assert len(refused) == 2, refused
     assert "Traceback" not in gateway.stderr()
 
 

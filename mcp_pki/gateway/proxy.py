@@ -207,6 +207,8 @@ class ProxySessionManager(SessionTable):
         # A message that is two kinds at once (a request with an "error") or carries members
         # JSON-RPC has not: servers differ on what it is, so it is nobody's to guess.
         if not message.keys() <= MESSAGE_MEMBERS or ("method" in message and message.keys() & {"result", "error"}):
+            if isinstance(message.get("method"), str):
+                await relay.record_malformed(message["method"], message.get("params"))
             await _reply(send, _error(_plain_id(message.get("id")), INVALID_REQUEST,
                                       "invalid request: not one JSON-RPC message"), 400)
             return False

@@ -206,6 +206,13 @@ class Relay:
                        request.method, identity.label, self.session.label, request.id)
         await self._write(self._pending_of(request), "denied", "error")
 
+    async def record_malformed(self, method: str, params: object) -> None:
+        """A message refused as malformed that names a method (a tools/call with an "error"
+        member, say) still gets its line, as denied: what it tried is on record."""
+        guarded = guarded_target(method, params if isinstance(params, dict) else {})
+        target = guarded[1] if guarded is not None and isinstance(guarded[1], str) else None
+        await self._write(_Pending(method, target, None, time.monotonic(), datetime.now(UTC)), "denied", "error")
+
     async def drop_notification(self, message: JSONRPCNotification) -> None:
         """A request without an id (a tools/call as a notification) is outside the protocol,
         and forwarding it would bypass the policy and the audit: a server that executes it
