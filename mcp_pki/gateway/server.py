@@ -122,8 +122,12 @@ _refused_connections = _RefusedConnections()
 def connection_limit(max_sessions: int) -> tuple[int, int]:
     """(connections the gateway accepts at once, the open-file limit), after raising the
     process's soft open-file limit towards its hard limit as far as they need. Each
-    session's process takes descriptors too (its pipes), and the gateway its files."""
-    import resource
+    session's process takes descriptors too (its pipes), and the gateway its files. (No
+    such limit to read on Windows: MAX_CONNECTIONS, and 0 for the limit.)"""
+    try:
+        import resource
+    except ImportError:
+        return MAX_CONNECTIONS, 0
 
     reserved = FDS_RESERVED + FDS_PER_SESSION * max_sessions
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
