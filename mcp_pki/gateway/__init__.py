@@ -13,8 +13,9 @@ server on loopback. Between the two the gateway enforces what the certificate sa
 - `proxy`: the relay to an HTTP server (--upstream), exchange by exchange;
 - `server`: HTTPS on uvicorn.
 
-Only `sessions`, `upstream`, `proxy` and `server` import the MCP SDK and uvicorn, an optional extra:
-`require_runtime` runs first so that their absence is one clear line, not a traceback.
+Only `sessions`, `upstream`, `proxy` and `server` import the MCP SDK, uvicorn and httptools,
+an optional extra: `require_runtime` runs first so that their absence is one clear line,
+not a traceback.
 """
 
 from mcp_pki.errors import PkiError
