@@ -139,6 +139,24 @@ def test_renewal_keeps_the_old_certificate_and_a_changed_key_type_replaces(ca: C
     assert leaf(ca.cwd / "long").public_key().curve.name == "secp384r1"  # type: ignore[union-attr]
 
 
+def test_two_matching_certificates_that_are_not_renewals_leave_one_valid(ca: Cli) -> None:
+    """A run killed between issuing a replacement and revoking the old certificate (or an
+    `issue` beside the roster) leaves two valid certificates that both match: the next run
+    keeps the newest, and revokes the other as superseded. A renewal's overlap stays."""
+    ca.ok("issue", "client", "dana", "--role", "dev", "--out", "old")
+    ca.ok("issue", "client", "dana", "--role", "dev", "--out", "dana")
+    (ca.cwd / "r.yaml").write_text(roster([{"name": "dana", "roles": ["dev"]}]))
+    plan = json.loads(ca.ok("apply", "r.yaml", "--dry-run", "--json").stdout)
+    assert [(a["action"], a["name"]) for a in plan["actions"]] == [("revoke", "dana")]
+    ca.ok("apply", "r.yaml")
+    listing = json.loads(ca.ok("list", "--name", "dana", "--json").stdout)
+    assert sorted(c["status"] for c in listing) == ["revoked", "valid"]
+    valid = next(c for c in listing if c["status"] == "valid")
+    assert valid["serial"] == format(leaf(ca.cwd / "dana").serial_number, "x")
+    assert int(next(c for c in listing if c["status"] == "revoked")["serial"], 16) in revoked_serials(ca)
+    assert "nothing to do" in ca.ok("apply", "r.yaml").stderr
+
+
 def test_a_roster_entry_with_a_csr_keeps_the_requesters_key(ca: Cli) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (x509.CertificateSigningRequestBuilder()

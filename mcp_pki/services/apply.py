@@ -147,6 +147,7 @@ class _Row:
     key_type: str
     from_csr: bool
     files_dir: str | None
+    renews_id: int | None = None
 
 
 def plan_roster(
@@ -196,7 +197,7 @@ def _valid_rows(session: Session, now: datetime) -> Iterator[_Row]:
     query = (
         select(Certificate.id, Certificate.serial, Certificate.kind, Certificate.name, Certificate.owner,
                Certificate.not_after, Certificate.sans, Certificate.roles, Certificate.key_type,
-               Certificate.from_csr, Certificate.files_dir)
+               Certificate.from_csr, Certificate.files_dir, Certificate.renews_id)
         .outerjoin(Revocation, Revocation.certificate_id == Certificate.id)
         .where(Revocation.certificate_id.is_(None), Certificate.not_after > now)
         # Newest first: the newest certificate that matches the roster is the current one.
@@ -205,7 +206,7 @@ def _valid_rows(session: Session, now: datetime) -> Iterator[_Row]:
     for r in session.execute(query):
         yield _Row(
             Held(r.id, r.serial, CertificateKind(r.kind), r.name, r.owner, r.not_after),
-            frozenset(r.sans), frozenset(r.roles), r.key_type, r.from_csr, r.files_dir,
+            frozenset(r.sans), frozenset(r.roles), r.key_type, r.from_csr, r.files_dir, r.renews_id,
         )
 
 
@@ -239,9 +240,12 @@ def _entry_step(
             revokes=tuple(r.held for r in rows), reason=RevocationReason.SUPERSEDED,
         )
     current = matching[0]
-    # Older certificates that still match are earlier renewals, valid until they expire;
-    # those that differ were replaced (by a run that stopped before revoking them).
-    stale = tuple(r.held for r in rows if differences[r.held.id] is not None)
+    # Older certificates that still match and that a valid one renews are earlier renewals,
+    # valid until they expire. The others were replaced, by a run that stopped before it
+    # revoked them (or issued beside the roster): one valid certificate per entry.
+    renewed = {r.renews_id for r in rows if r.renews_id is not None}
+    stale = tuple(r.held for r in rows
+                  if r is not current and (differences[r.held.id] is not None or r.held.id not in renewed))
     missing = _files_missing(current, pems, out_root)
     if missing:
         return Step(
