@@ -50,6 +50,7 @@ from mcp_pki.gateway.sessions import (
     Session,
     SessionTable,
     error_response,
+    header,
     is_initialize,
     json_response,
     replaying,
@@ -150,7 +151,7 @@ class ProxySessionManager(SessionTable):
 
     async def handle(self, peer: Peer, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope.get("method")
-        session_id = _header(scope, b"mcp-session-id")
+        session_id = header(scope, b"mcp-session-id")
         if session_id is None:
             await self._open(peer, scope, receive, send)
             return
@@ -472,12 +473,6 @@ async def _reply(send: Send, message: JSONRPCError, status: int) -> None:
 
     await json_response(message, status)({"type": "http"}, nothing, send)
 
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers") or ():
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return None
 
 
 def transport_failure(exc: httpx2.TransportError) -> str:

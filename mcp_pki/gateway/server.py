@@ -35,7 +35,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from mcp_pki.gateway import GatewayError
 from mcp_pki.gateway.answers import JsonWhenAlone, accepts_json
 from mcp_pki.gateway.revocation import LiveRevocation
-from mcp_pki.gateway.sessions import Peer, SessionTable, error_response
+from mcp_pki.gateway.sessions import Peer, SessionTable, error_response, header
 from mcp_pki.mtls import identity_of
 
 logger = logging.getLogger("mcp_pki.gateway")
@@ -180,14 +180,14 @@ class GatewayApp:
             if scope["method"] == "POST":
                 body = await _read_body(receive, self.body_limit)
                 if body is not None:
-                    session_id = _header(scope, b"mcp-session-id")
+                    session_id = header(scope, b"mcp-session-id")
                     await self.sessions.record_refused(peer, session_id, body)
             await error_response(f"Forbidden: {refusal}", 403)(scope, receive, send)
             return
         if scope["path"].rstrip("/") != ENDPOINT:
             await error_response(f"Not Found: the MCP endpoint is {ENDPOINT}", 404)(scope, receive, send)
             return
-        declared = _header(scope, b"content-length")
+        declared = header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.body_limit:
             # Read what was sent (up to a bound) before answering: closing a TLS connection
             # with unread data makes the kernel reset it, and the client never sees the 413.
@@ -214,11 +214,11 @@ class GatewayApp:
         """Refused unread, it names no method; its line says who sent it, in which session."""
         logger.warning("refused a request from %s: its body is larger than %d bytes (--max-body)",
                        peer.identity.label, self.body_limit)
-        await self.sessions.record_refused(peer, _header(scope, b"mcp-session-id"), None)
+        await self.sessions.record_refused(peer, header(scope, b"mcp-session-id"), None)
 
     async def _session(self, scope: Scope, receive: Receive, send: Send) -> None:
         peer: Peer = scope[PEER_KEY]
-        version = _header(scope, b"mcp-protocol-version")
+        version = header(scope, b"mcp-protocol-version")
         if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS and scope["method"] == "POST":
             await _modern_refusal(scope, receive, send, version)
             return
@@ -249,12 +249,6 @@ async def _drain(receive: Receive, limit: int) -> None:
         if message.get("type") != "http.request" or not message.get("more_body"):
             return
 
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers") or ():
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return None
 
 
 async def _modern_refusal(scope: Scope, receive: Receive, send: Send, version: str) -> None:

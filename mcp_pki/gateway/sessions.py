@@ -413,10 +413,9 @@ class SessionManager(SessionTable):
             self._tasks = None
 
     async def handle(self, peer: Peer, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = dict(scope.get("headers") or [])
-        raw_id = headers.get(MCP_SESSION_ID_HEADER.encode("ascii"))
-        if raw_id is not None:
-            session = await self.owned_session(peer, raw_id.decode("latin-1"), scope, receive, send)
+        session_id = header(scope, MCP_SESSION_ID_HEADER.lower().encode("ascii"))
+        if session_id is not None:
+            session = await self.owned_session(peer, session_id, scope, receive, send)
             if session is None:
                 return
             assert session.transport is not None
@@ -549,6 +548,14 @@ def _line(pending: _Pending, identity: Identity, session_id: str | None, decisio
         "decision": decision, "outcome": outcome,
         "duration_ms": round((time.monotonic() - pending.started) * 1000, 3),
     }
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """A request header's value (``name`` in lower case, as ASGI gives it), or None."""
+    for key, value in scope.get("headers") or ():
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
 
 
 def _request(body: bytes) -> JSONRPCRequest | None:
