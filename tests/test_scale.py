@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography import x509
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import event
 
 from mcp_pki.services.renewal import expiring_unreplaced
@@ -151,26 +153,60 @@ def test_list_json_refuses_a_corrupt_row_like_the_table(ca: Cli, stored: str) ->
         assert result.exit_code == 1 and "inventory is corrupt" in result.stderr, (args, result.stderr)
 
 
-def test_list_formats_plain_name_lists_in_sql_and_decodes_the_rest_in_python() -> None:
-    """The listing's SQL fast path (names joined by the database) must match the lists that
-    json.dumps writes, and leave anything with an escape or a quote to Python's decoder."""
-    from sqlalchemy import create_engine, literal, select
+def test_list_copies_plain_name_lists_as_text_and_decodes_the_rest() -> None:
+    """The listing's fast path (a stored list split or copied as text) must take exactly the
+    lists that json.dumps writes, and leave anything escaped, quoted or unprintable to the
+    JSON decoder, which refuses what is not a list of text."""
+    from mcp_pki.errors import InventoryError
+    from mcp_pki.services.inventory import _json_list, _names_text, _plain_inner
 
-    from mcp_pki.services.inventory import _joined, _plain_list
-
-    engine = create_engine("sqlite://")
     cases = {
-        '["a.example", "b.example"]': (True, "a.example, b.example"),
-        '["dev"]': (True, "dev"),
-        "[]": (False, ""),
-        '["caf\\u00e9"]': (False, None),  # an escape: Python decodes it
-        '["a\\"b"]': (False, None),
-        '["a", 1]': (False, None),
-        '{"a": 1}': (False, None),
+        '["a.example", "b.example"]': "a.example, b.example",
+        '["dev"]': "dev",
+        '[""]': "",
+        '["caf\\u00e9"]': None,  # an escape: decoded
+        '["a\\"b"]': None,
+        '["a","b"]': None,  # not as json.dumps writes it: decoded
+        '["a\tb"]': None,  # a raw control character is not JSON: refused by the decoder
     }
-    with engine.connect() as connection:
-        for stored, (plain, joined) in cases.items():
-            value = literal(stored)
-            row = connection.execute(select(_plain_list(value), _joined(value, ""))).one()
-            assert (bool(row[0]), row[1]) == (plain, joined), stored
-    engine.dispose()
+    for stored, inner_joined in cases.items():
+        assert (_plain_inner(stored) is not None) == (inner_joined is not None), stored
+        if inner_joined is not None:
+            assert _names_text(stored) == inner_joined and _json_list(stored) == stored
+    assert _names_text('["caf\\u00e9", "x"]', "role:") == "role:caf\u00e9, role:x"
+    assert json.loads(_json_list('["a\\"b"]')) == ['a"b']
+    for corrupt in ('["a", 1]', '{"a": 1}', "[1, 2]", '"DNS:x"', '["]', '["a\tb"]', "{not json"):
+        with pytest.raises(InventoryError):
+            _names_text(corrupt)
+        with pytest.raises(InventoryError):
+            _json_list(corrupt)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(max_size=12), max_size=4))
+def test_any_stored_list_of_names_lists_as_decoded(names: list[str]) -> None:
+    from mcp_pki.services.inventory import _json_list, _names_text
+
+    for stored in (json.dumps(names), json.dumps(names, ensure_ascii=False)):
+        assert _names_text(stored, "role:") == ", ".join(f"role:{n}" for n in names)
+        assert json.loads(_json_list(stored)) == names
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet='[]", \\ab1{}:\t', max_size=16))
+def test_any_stored_text_lists_as_decoded_or_is_refused(stored: str) -> None:
+    from mcp_pki.errors import InventoryError
+    from mcp_pki.services.inventory import _json_list, _names_text
+
+    try:
+        decoded = json.loads(stored)
+    except ValueError:
+        decoded = None
+    if isinstance(decoded, list) and all(isinstance(n, str) for n in decoded):
+        assert _names_text(stored) == ", ".join(decoded)
+        assert json.loads(_json_list(stored)) == decoded
+    else:
+        with pytest.raises(InventoryError):
+            _names_text(stored)
+        with pytest.raises(InventoryError):
+            _json_list(stored)

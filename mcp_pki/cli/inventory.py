@@ -4,6 +4,7 @@ import itertools
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -17,7 +18,10 @@ from mcp_pki.cli.common import (
     read_file,
     read_secret,
 )
-from mcp_pki.cli.terminal import shown_fields
+from mcp_pki.cli.terminal import shown, shown_fields
+
+if TYPE_CHECKING:
+    from mcp_pki.services.inventory import TableRow
 
 
 @click.command("list")
@@ -72,19 +76,22 @@ def list_command(
         colour = sys.stdout.isatty()  # never escape codes in a pipe or a file
         write(f"{'SERIAL':{width}}  {'KIND':6}  {'NAME':20}  {'STATUS':10}  {'NOT AFTER':16}  NAMES / ROLES\n")
         for row in itertools.chain((first,), rows):
+            line = _table_line(row, width)
             # Names come from CSRs and from a database others can write: escaped unless the
-            # row is printable ASCII throughout (one check in C for the usual row).
-            probe = f"{row.serial}{row.kind}{row.name}{row.status}{row.not_after}{row.names}"
-            if not (probe.isascii() and probe.isprintable()):
-                row = shown_fields(row)
-            status_text = click.style(f"{row.status:10}", fg=_STATUS_COLOURS[row.status]) if colour else f"{row.status:10}"
-            write(
-                f"{row.serial[:width]:{width}}  {row.kind:6}  {row.name:20}  {status_text}  "
-                f"{row.not_after}  {row.names}\n"
-            )
+            # line is printable ASCII throughout (one check in C for the usual row).
+            if not (line.isascii() and line.isprintable()):
+                row = type(row)(*(shown(field) for field in row))
+                line = _table_line(row, width)
+            if colour:
+                line = _table_line(row, width, status=click.style(f"{row.status:10}", fg=_STATUS_COLOURS[row.status]))
+            write(line + "\n")
         lines.flush()
     finally:
         engine.dispose()
+
+
+def _table_line(row: "TableRow", width: int, *, status: str | None = None) -> str:
+    return f"{row.serial[:width]:{width}}  {row.kind:6}  {row.name:20}  {status or f'{row.status:10}'}  {row.not_after}  {row.names}"
 
 
 class _Lines:

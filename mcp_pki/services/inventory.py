@@ -7,19 +7,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import (
     Engine,
-    ScalarSelect,
     Select,
     String,
-    and_,
+    Subquery,
     case,
     func,
     literal,
-    or_,
     select,
     type_coerce,
 )
@@ -228,15 +226,15 @@ def list_certificates(engine: Engine, wanted: ListFilter, *, now: datetime) -> l
 def iter_certificates(engine: Engine, wanted: ListFilter, *, now: datetime) -> Iterator[ListedCertificate]:
     """The certificates `list` shows, streamed: only the columns shown are read (never the
     PEM), a thousand rows at a time, so 100,000 certificates list in constant memory."""
-    renewal = _valid_renewal(now)
+    renewals = _valid_renewals(now)
     # The dates and JSON lists come back as the driver gives them and are decoded below:
     # SQLAlchemy's per-value result processing cost four times the query itself at 100,000.
     query = _listing(
         select(Certificate.serial, Certificate.name, Certificate.kind, Certificate.owner,
                type_coerce(Certificate.not_after, String).label("not_after"),
                type_coerce(Certificate.sans, String).label("sans"), type_coerce(Certificate.roles, String).label("roles"),
-               Revocation.certificate_id.label("revoked"), renewal.label("superseded_by")),
-        wanted, renewal, now,
+               Revocation.certificate_id.label("revoked"), renewals.c.serial.label("superseded_by")),
+        wanted, renewals, now,
     )
     with read_session(engine) as session, session.begin():
         for row in session.connection().execute(query.execution_options(yield_per=1000)):
@@ -252,47 +250,73 @@ def iter_certificates(engine: Engine, wanted: ListFilter, *, now: datetime) -> I
 
 def iter_certificates_json(engine: Engine, wanted: ListFilter, *, now: datetime) -> Iterator[str]:
     """What `list --json` prints, one JSON object per certificate, as `ListedCertificate.as_json`
-    has it. On SQLite the database writes each object itself (json_object): building them in
-    Python cost several times the query at 100,000 rows. Elsewhere, from `iter_certificates`."""
+    has it. On SQLite each object is written from the stored text, its lists of names copied
+    as they are stored when json.dumps wrote them (see `_json_list`): decoding and encoding
+    them cost several times the query at 100,000 rows. Elsewhere, from `iter_certificates`."""
     if engine.dialect.name != "sqlite":
         for listed in iter_certificates(engine, wanted, now=now):
             yield json.dumps(listed.as_json())
         return
-    renewal = _valid_renewal(now)
-    stored = type_coerce(Certificate.not_after, String)
+    renewals = _valid_renewals(now)
     status = case(
         (Revocation.certificate_id.is_not(None), literal("revoked")),
         (Certificate.not_after <= now, literal("expired")),
         else_=literal("valid"),
     )
-    document = func.json_object(
-        "serial", Certificate.serial, "name", Certificate.name, "kind", Certificate.kind,
-        "owner", Certificate.owner, "status", status,
-        # Stored as "YYYY-MM-DD HH:MM:SS.ffffff"; iso_utc drops a zero fraction, as here.
-        "not_after", func.replace(func.replace(stored, ".000000", ""), " ", "T") + "Z",
-        # json_valid first: invalid JSON must reach the check below, not fail the query.
-        "sans", _json_or_null(type_coerce(Certificate.sans, String)),
-        "roles", _json_or_null(type_coerce(Certificate.roles, String)),
-        "superseded_by", renewal,
-        type_=String,
-    )
-    sans, roles = type_coerce(Certificate.sans, String), type_coerce(Certificate.roles, String)
-    plain = and_(or_(sans == "[]", _plain_list(sans)), or_(roles == "[]", _plain_list(roles)))
     query = _listing(
-        select(document.label("document"), plain.label("plain"), sans.label("sans"), roles.label("roles")),
-        wanted, renewal, now,
+        select(Certificate.serial, Certificate.name, Certificate.kind, Certificate.owner, status,
+               type_coerce(Certificate.not_after, String), type_coerce(Certificate.sans, String),
+               type_coerce(Certificate.roles, String), renewals.c.serial),
+        wanted, renewals, now,
     )
+    quote = _json_string
     with read_session(engine) as session, session.begin():
+        row: Any  # untyped: nine columns, each text
         for row in session.connection().execute(query.execution_options(yield_per=1000)):
-            if not row.plain:  # refused as everywhere else when it is not a list of text
-                _texts(row.sans)
-                _texts(row.roles)
-            yield row.document
+            serial, name, kind, owner, status_text, not_after, sans, roles, superseded_by = row
+            # Stored as "YYYY-MM-DD HH:MM:SS.ffffff"; iso_utc drops a zero fraction, as here.
+            iso = not_after.replace(".000000", "").replace(" ", "T") + "Z"
+            yield (
+                f'{{"serial": {quote(serial)}, "name": {quote(name)}, "kind": {quote(kind)}, '
+                f'"owner": {"null" if owner is None else quote(owner)}, "status": "{status_text}", '
+                f'"not_after": {quote(iso)}, "sans": {_json_list(sans)}, "roles": {_roles_json(roles)}, '
+                f'"superseded_by": {"null" if superseded_by is None else quote(superseded_by)}}}'
+            )
 
 
-@dataclass(frozen=True, slots=True)
-class TableRow:
-    """One line of `list`'s table, as text: untrusted, so escaped by the caller."""
+# The C encoder json.dumps uses for a string, called directly: json.dumps itself costs three
+# times as much per call, five calls a row.
+_json_string = json.encoder.encode_basestring_ascii
+
+
+def _plain_inner(stored: str) -> str | None:
+    """The inside of a stored list of names as json.dumps writes it ('["a", "b"]' gives
+    'a", "b'), when nothing in it is escaped or unprintable: such a list is split or copied
+    as text. None for anything else, which is decoded (and refused when corrupt)."""
+    if (len(stored) >= 4 and stored.startswith('["') and stored.endswith('"]') and "\\" not in stored
+            and stored.isprintable()):
+        inner = stored[2:-2]
+        if '"' not in inner.replace('", "', ""):
+            return inner
+    return None
+
+
+def _json_list(stored: str) -> str:
+    """A stored list of names as JSON text: itself when json.dumps wrote it, else re-encoded."""
+    if stored == "[]" or _plain_inner(stored) is not None:
+        return stored
+    return json.dumps(list(_texts(stored)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _roles_json(stored: str) -> str:
+    # Cached: the same few sets of roles repeat from row to row.
+    return _json_list(stored)
+
+
+class TableRow(NamedTuple):
+    """One line of `list`'s table, as text: untrusted, so escaped by the caller. A tuple:
+    made 100,000 times, a frozen dataclass cost more than the query."""
 
     serial: str
     kind: str
@@ -303,8 +327,9 @@ class TableRow:
 
 
 def iter_table_rows(engine: Engine, wanted: ListFilter, *, now: datetime) -> Iterator[TableRow]:
-    """What `list` prints, row by row. On SQLite the database formats each row's fields (one
-    query): decoding and formatting 100,000 rows in Python cost several times the query.
+    """What `list` prints, row by row. On SQLite the database works out the status and the
+    date's text, and the lists of names are split as text (see `_names_text`): decoding and
+    formatting 100,000 rows through SQLAlchemy's types cost several times the query.
     Elsewhere, from `iter_certificates`."""
     if engine.dialect.name != "sqlite":
         for listed in iter_certificates(engine, wanted, now=now):
@@ -313,68 +338,51 @@ def iter_table_rows(engine: Engine, wanted: ListFilter, *, now: datetime) -> Ite
             yield TableRow(listed.serial, listed.kind, listed.name, status,
                            f"{listed.not_after:%Y-%m-%d %H:%M}", names)
         return
-    renewal = _valid_renewal(now)
+    renewals = _valid_renewals(now)
     shown_status = case(
         (Revocation.certificate_id.is_not(None), literal("revoked")),
         (Certificate.not_after <= now, literal("expired")),
-        (renewal.is_not(None), literal("superseded")),
+        (renewals.c.serial.is_not(None), literal("superseded")),
         else_=literal("valid"),
     )
-    sans, roles = type_coerce(Certificate.sans, String), type_coerce(Certificate.roles, String)
     query = _listing(
         select(Certificate.serial, Certificate.kind, Certificate.name, shown_status,
                func.substr(type_coerce(Certificate.not_after, String), 1, 16),
-               _joined(sans, ""), _joined(roles, "role:"), sans, roles),
-        wanted, renewal, now,
+               type_coerce(Certificate.sans, String), type_coerce(Certificate.roles, String)),
+        wanted, renewals, now,
     )
     with read_session(engine) as session, session.begin():
-        row: Any  # untyped: nine columns, each text
+        row: Any  # untyped: seven columns, each text
         for row in session.connection().execute(query.execution_options(yield_per=1000)):
-            serial, kind, name, status, not_after, sans_text, roles_text, sans_json, roles_json = row
-            if sans_text is None or roles_text is None:  # escapes in the JSON: decode it properly
-                sans_text = ", ".join(_texts(sans_json))
-                roles_text = ", ".join(_role_labels(roles_json))
+            serial, kind, name, status, not_after, sans, roles = row
+            sans_text, roles_text = _names_text(sans), _roles_text(roles)
             names = f"{sans_text}, {roles_text}" if sans_text and roles_text else sans_text or roles_text
             yield TableRow(serial, kind, name, status, not_after, names)
 
 
-def _joined(stored: Any, prefix: str) -> Any:
-    """A stored JSON list of plain strings ('["a", "b"]', as json.dumps writes it) as
-    'PREFIXa, PREFIXb', in SQL. Anything else (an escape, a number, not a list) is NULL, and
-    Python decodes it, refusing a corrupt row as it always does."""
-    inner = func.substr(stored, 3, func.length(stored) - 4)
-    return case(
-        (stored == "[]", literal("")),
-        (_plain_list(stored), literal(prefix) + func.replace(inner, '", "', f", {prefix}")),
-        else_=literal(None, String),
-    )
-
-
-def _json_or_null(stored: Any) -> Any:
-    return case((func.json_valid(stored) == 1, func.json(stored)), else_=literal(None, String))
-
-
-def _plain_list(stored: Any) -> Any:
-    """SQL: `stored` is a non-empty JSON list of strings without escapes, as json.dumps
-    writes it ('["a", "b"]')."""
-    inner = func.substr(stored, 3, func.length(stored) - 4)
-    return and_(
-        # GLOB reads "[" as the start of a set of characters: "[[]" is the bracket itself.
-        stored.op("GLOB")('[[]"*"]'), func.instr(stored, "\\") == 0,
-        func.instr(func.replace(inner, '", "', ""), '"') == 0,
-    )
+def _names_text(stored: str, prefix: str = "") -> str:
+    """A stored list of names as 'PREFIXa, PREFIXb', split as text when json.dumps wrote it
+    (ten times faster than decoding it)."""
+    if stored == "[]":
+        return ""
+    inner = _plain_inner(stored)
+    if inner is not None:
+        return prefix + inner.replace('", "', ", " + prefix)
+    return ", ".join(prefix + item for item in _texts(stored))
 
 
 @functools.lru_cache(maxsize=1024)
-def _role_labels(stored: str) -> tuple[str, ...]:
-    return tuple(f"role:{role}" for role in _texts(stored))
+def _roles_text(stored: str) -> str:
+    # Cached: the same few sets of roles repeat from row to row.
+    return _names_text(stored, "role:")
 
 
-def _listing(query: Any, wanted: ListFilter, renewal: ScalarSelect[str], now: datetime) -> Any:
+def _listing(query: Any, wanted: ListFilter, renewals: Subquery, now: datetime) -> Any:
     """`query` (a select of columns) over the certificates `wanted` asks for, in listing order."""
     query = (
         query.select_from(Certificate)
         .outerjoin(Revocation, Revocation.certificate_id == Certificate.id)
+        .outerjoin(renewals, renewals.c.renewed_id == Certificate.id)
         .order_by(Certificate.name, Certificate.not_before, Certificate.id)
     )
     if wanted.kind:
@@ -394,7 +402,7 @@ def _listing(query: Any, wanted: ListFilter, renewal: ScalarSelect[str], now: da
             Certificate.not_after <= now + wanted.expiring_within,
         )
     if wanted.current:
-        query = query.where(renewal.is_(None))
+        query = query.where(renewals.c.serial.is_(None))
     return query
 
 
@@ -429,19 +437,21 @@ def _checked(items: object) -> tuple[str, ...]:
     return tuple(items)
 
 
-def _valid_renewal(now: datetime) -> ScalarSelect[str]:
-    """The serial of the newest valid certificate renewing the listed one, if any (the
-    renews_id index answers it per row)."""
-    renewal, renewal_revocation = aliased(Certificate), aliased(Revocation)
-    return (
-        select(renewal.serial)
-        .outerjoin(renewal_revocation, renewal_revocation.certificate_id == renewal.id)
-        .where(renewal.renews_id == Certificate.id, renewal_revocation.certificate_id.is_(None),
-               renewal.not_after > now)
-        .order_by(renewal.not_before.desc())
-        .limit(1)
-        .scalar_subquery()
+def _valid_renewals(now: datetime) -> Subquery:
+    """Each renewed certificate's newest valid renewal: (renewed_id, serial). Listing joins it
+    once; a sub-select per listed row cost more than the rest of the query at 100,000."""
+    renewal_revocation = aliased(Revocation)
+    newest_first = func.row_number().over(
+        partition_by=Certificate.renews_id, order_by=(Certificate.not_before.desc(), Certificate.id.desc())
     )
+    ranked = (
+        select(Certificate.renews_id.label("renewed_id"), Certificate.serial, newest_first.label("rank"))
+        .outerjoin(renewal_revocation, renewal_revocation.certificate_id == Certificate.id)
+        .where(Certificate.renews_id.is_not(None), renewal_revocation.certificate_id.is_(None),
+               Certificate.not_after > now)
+        .subquery("ranked_renewals")
+    )
+    return select(ranked.c.renewed_id, ranked.c.serial).where(ranked.c.rank == 1).subquery("renewals")
 
 
 def count_by_status(engine: Engine, *, now: datetime) -> dict[str, int]:
