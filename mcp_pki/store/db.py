@@ -15,7 +15,7 @@ from mcp_pki.errors import InventoryError
 
 # The newest migration in `migrations/versions`. Checked against Alembic by a test, and
 # compared here without importing Alembic, which would double the start-up time.
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0004"
 _OUR_TABLES = {"authorities", "certificates", "audit_log"}
 # Any fixed 64-bit number: the advisory lock that serialises writers on PostgreSQL.
 _WRITE_LOCK_KEY = 0x6D63702D706B69  # "mcp-pki"
