@@ -498,7 +498,7 @@ def _sign(step: Step, context: _SigningContext, out_root: Path, now: datetime) -
         details["renews"] = step.renews.serial
     if step.action is Action.REPLACE:
         details["replaces"] = [h.serial for h in step.revokes]
-    row = _certificate_row(request, certificate, leaf, context.signer_id, folder, now)
+    row = Certificate(**_certificate_row(request, certificate, leaf, context.signer_id, folder, now))
     return _Signed(step, request, row, details, files, folder, leaf)
 
 
@@ -538,7 +538,9 @@ def _revoke_and_publish(
                 certificate = session.get(Certificate, held.id)
                 if certificate is None or certificate.revocation is not None:
                     continue  # revoked meanwhile (offboarded, say): nothing left to do
-                session.add(new_revocation(certificate, reason=step.reason, invalidity_date=None, now=now))
+                session.add(Revocation(**new_revocation(
+                    certificate.id, certificate.serial, reason=step.reason, invalidity_date=None, now=now,
+                )))
                 audit.append_record(
                     session, now=now, action="revoke", target_serial=certificate.serial,
                     target_name=certificate.name,

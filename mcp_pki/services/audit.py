@@ -20,18 +20,20 @@ import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
-from sqlalchemy import Engine, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Engine, Row, insert, select
 
 from mcp_pki.pki.crl import entry_serial, revoked_entries
 from mcp_pki.pki.profiles import Issuer, serial_hex
 from mcp_pki.pki.signatures import is_issued_by, is_signed_by, sign
 from mcp_pki.services.crls import newest_signed_crls
-from mcp_pki.store.db import read_session
-from mcp_pki.store.models import AuditRecord, Authority, Certificate, CrlPublication, Revocation
+from mcp_pki.store.db import connection_of, read_transaction
+from mcp_pki.store.tables import audit_log, authorities, certificates, crl_publications, revocations
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 GENESIS_HASH = "0" * 64
 CHECKPOINT = "checkpoint"
@@ -51,7 +53,7 @@ def current_operator() -> str:
 
 
 def append_record(
-    session: Session,
+    db: "Connection | Session",
     *,
     now: datetime,
     action: str,
@@ -60,28 +62,28 @@ def append_record(
     details: dict[str, Any] | None = None,
     signer: Issuer | None = None,
     outcome: str = "success",
-) -> AuditRecord:
-    """Add one record to the chain inside the caller's transaction. Never pass secrets.
+) -> None:
+    """Add one record to the chain inside the caller's transaction (`db`). Never pass secrets.
 
     A command that fails rolls back and changes nothing, its record included; the outcome
     is "success" but for the few refusals recorded on their own (a wrong CA passphrase). A
     command that signed with a CA key passes the issuing CA as `signer`, which signs the
     new head of the chain in a checkpoint record.
     """
-    last = session.execute(
-        select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)
+    connection = connection_of(db)
+    last = connection.execute(
+        select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)
     ).first()
     seq, prev_hash = (last.seq + 1, last.hash) if last else (1, GENESIS_HASH)
-    record = AuditRecord(
-        seq=seq, at=now, operator=current_operator(), action=action,
-        target_serial=target_serial, target_name=target_name, outcome=outcome,
-        details=details or {}, prev_hash=prev_hash,
-    )
-    record.hash = record_hash(record)
-    session.add(record)
+    record = {
+        "seq": seq, "at": now, "operator": current_operator(), "action": action,
+        "target_serial": target_serial, "target_name": target_name, "outcome": outcome,
+        "details": details or {}, "prev_hash": prev_hash,
+    }
+    record["hash"] = _hash(record)
+    connection.execute(insert(audit_log).values(record))
     if signer is not None:
-        _append_checkpoint(session, record, signer, now=now)
-    return record
+        _append_checkpoint(connection, record, signer, now=now)
 
 
 def checkpoint_message(seq: int, head_hash: str) -> bytes:
@@ -90,44 +92,42 @@ def checkpoint_message(seq: int, head_hash: str) -> bytes:
     return f"mcp-pki audit checkpoint\n{seq}\n{head_hash}".encode("ascii")
 
 
-def _append_checkpoint(session: Session, signed: AuditRecord, signer: Issuer, *, now: datetime) -> None:
-    signature = sign(signer.key, checkpoint_message(signed.seq, signed.hash))
-    checkpoint = AuditRecord(
-        seq=signed.seq + 1, at=now, operator=signed.operator, action=CHECKPOINT,
-        target_serial=serial_hex(signer.certificate.serial_number), target_name=None, outcome="success",
-        details={"signed_seq": signed.seq, "signed_hash": signed.hash,
-                 "signature": base64.b64encode(signature).decode("ascii")},
-        prev_hash=signed.hash,
-    )
-    checkpoint.hash = record_hash(checkpoint)
-    session.add(checkpoint)
+def _append_checkpoint(connection: Connection, signed: dict[str, Any], signer: Issuer, *, now: datetime) -> None:
+    signature = sign(signer.key, checkpoint_message(signed["seq"], signed["hash"]))
+    checkpoint: dict[str, Any] = {
+        "seq": signed["seq"] + 1, "at": now, "operator": signed["operator"], "action": CHECKPOINT,
+        "target_serial": serial_hex(signer.certificate.serial_number), "target_name": None, "outcome": "success",
+        "details": {"signed_seq": signed["seq"], "signed_hash": signed["hash"],
+                    "signature": base64.b64encode(signature).decode("ascii")},
+        "prev_hash": signed["hash"],
+    }
+    checkpoint["hash"] = _hash(checkpoint)
+    connection.execute(insert(audit_log).values(checkpoint))
 
 
-def record_hash(record: AuditRecord) -> str:
+_HASHED = ("seq", "at", "operator", "action", "target_serial", "target_name", "outcome", "details", "prev_hash")
+
+
+def record_hash(record: Any) -> str:
+    """The hash of a record: a row read back, or an ORM object being written."""
+    return _hash({name: getattr(record, name) for name in _HASHED})
+
+
+def _hash(record: dict[str, Any]) -> str:
     canonical = json.dumps(
-        {
-            "seq": record.seq,
-            "at": record.at.isoformat(),
-            "operator": record.operator,
-            "action": record.action,
-            "target_serial": record.target_serial,
-            "target_name": record.target_name,
-            "outcome": record.outcome,
-            "details": record.details,
-            "prev_hash": record.prev_hash,
-        },
+        {name: record[name].isoformat() if name == "at" else record[name] for name in _HASHED},
         sort_keys=True,
         separators=(",", ":"),
     )
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def list_records(engine: Engine, *, since: datetime | None = None) -> list[AuditRecord]:
-    query = select(AuditRecord).order_by(AuditRecord.seq)
+def list_records(engine: Engine, *, since: datetime | None = None) -> list[Row[Any]]:
+    query = select(audit_log).order_by(audit_log.c.seq)
     if since is not None:
-        query = query.where(AuditRecord.at >= since)
-    with read_session(engine) as session, session.begin():
-        return list(session.scalars(query))
+        query = query.where(audit_log.c.at >= since)
+    with read_transaction(engine) as connection:
+        return list(connection.execute(query).all())
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +148,7 @@ class AuditVerdict:
         return self.problem is None
 
 
-def _vouches(record: AuditRecord) -> bool:
+def _vouches(record: Row[Any]) -> bool:
     """Whether the record stands for something signed: a CA, certificate, revocation or CRL.
     Such a record is followed by its checkpoint once the log has checkpoints."""
     details = record.details
@@ -171,10 +171,10 @@ def verify_audit_log(engine: Engine, *, root_pem: bytes | None = None, crl_file:
     database cannot vouch for a rewritten log. The revocations are also compared, both
     ways, with the newest CRL each CA signed (in the inventory or in `crl_file`).
     """
-    with read_session(engine) as session, session.begin():
-        records = list(session.scalars(select(AuditRecord).order_by(AuditRecord.seq)))
+    with read_transaction(engine) as connection:
+        records = list(connection.execute(select(audit_log).order_by(audit_log.c.seq)).all())
         try:
-            signers = _checkpoint_signers(session, root_pem)
+            signers = _checkpoint_signers(connection, root_pem)
             checkpoints, last_signed = _verify_chain(records, signers)
         except _ChainError as exc:
             return AuditVerdict(len(records), str(exc))
@@ -192,13 +192,16 @@ def verify_audit_log(engine: Engine, *, root_pem: bytes | None = None, crl_file:
             if details.get("revoked_old"):
                 revoked.add(details["renews"])
             crl_numbers.update(details.get("crl_numbers", []))
-        inventory_revoked = set(session.scalars(
-            select(Certificate.serial).join(Revocation, Revocation.certificate_id == Certificate.id)))
+        inventory_revoked: set[str] = set(connection.scalars(
+            select(certificates.c.serial).join(revocations, revocations.c.certificate_id == certificates.c.id)))
+        ca_serials: list[str] = list(connection.scalars(select(authorities.c.serial)))
+        serials: list[str] = list(connection.scalars(select(certificates.c.serial)))
+        numbers: list[int] = list(connection.scalars(select(crl_publications.c.number).distinct()))
         expectations: list[tuple[str, object, set[Any]]] = [
-            *((f"CA {s}", s, created) for s in session.scalars(select(Authority.serial))),
-            *((f"certificate {s}", s, created) for s in session.scalars(select(Certificate.serial))),
+            *((f"CA {s}", s, created) for s in ca_serials),
+            *((f"certificate {s}", s, created) for s in serials),
             *((f"the revocation of {s}", s, revoked) for s in inventory_revoked),
-            *((f"CRL number {n}", n, crl_numbers) for n in session.scalars(select(CrlPublication.number).distinct())),
+            *((f"CRL number {n}", n, crl_numbers) for n in numbers),
         ]
         for what, key, recorded in expectations:
             if key not in recorded:
@@ -209,7 +212,7 @@ def verify_audit_log(engine: Engine, *, root_pem: bytes | None = None, crl_file:
                 f"the audit log records the revocation of {serial}, but the inventory has no revocation "
                 f"for it: a revocation was removed from the database",
             )
-        problem = _compare_with_signed_crls(session, crl_file)
+        problem = _compare_with_signed_crls(connection, crl_file)
         if problem is not None:
             return AuditVerdict(len(records), problem)
     return AuditVerdict(
@@ -217,23 +220,23 @@ def verify_audit_log(engine: Engine, *, root_pem: bytes | None = None, crl_file:
     )
 
 
-def _compare_with_signed_crls(session: Session, crl_file: Path | None) -> str | None:
+def _compare_with_signed_crls(connection: Connection, crl_file: Path | None) -> str | None:
     """The first disagreement between the inventory's revocations and the newest CRL each CA
     signed: a serial on the CRL that the inventory does not hold as revoked, or a revocation
     that the CRL should list but does not."""
-    authorities = {a.id: a for a in session.scalars(select(Authority))}
-    certificates = {i: x509.load_pem_x509_certificate(a.certificate_pem.encode()) for i, a in authorities.items()}
-    for authority_id, signed in newest_signed_crls(session, certificates, crl_file).items():
+    cas = {a.id: a for a in connection.execute(select(authorities)).all()}
+    ca_certificates = {i: x509.load_pem_x509_certificate(a.certificate_pem.encode()) for i, a in cas.items()}
+    for authority_id, signed in newest_signed_crls(connection, ca_certificates, crl_file).items():
         listed = {entry_serial(entry) for entry in revoked_entries(signed.der)}
-        held = {
-            int(serial, 16): (not_after, revoked_at)
-            for serial, not_after, revoked_at in session.execute(
-                select(Certificate.serial, Certificate.not_after, Revocation.revoked_at)
-                .join(Revocation, Revocation.certificate_id == Certificate.id)
-                .where(Certificate.issuer_id == authority_id)
+        held: dict[int, tuple[datetime, datetime]] = {
+            int(row.serial, 16): (row.not_after, row.revoked_at)
+            for row in connection.execute(
+                select(certificates.c.serial, certificates.c.not_after, revocations.c.revoked_at)
+                .join(revocations, revocations.c.certificate_id == certificates.c.id)
+                .where(certificates.c.issuer_id == authority_id)
             )
         }
-        where = f"CRL #{signed.number} of {authorities[authority_id].subject} ({signed.source})"
+        where = f"CRL #{signed.number} of {cas[authority_id].subject} ({signed.source})"
         for serial in sorted(listed - held.keys()):
             return f"certificate {serial:x} is revoked on {where}, but the inventory has no revocation for it"
         for serial, (not_after, revoked_at) in sorted(held.items()):
@@ -242,16 +245,16 @@ def _compare_with_signed_crls(session: Session, crl_file: Path | None) -> str | 
     return None
 
 
-def _checkpoint_signers(session: Session, root_pem: bytes | None) -> dict[str, x509.Certificate]:
+def _checkpoint_signers(connection: Connection, root_pem: bytes | None) -> dict[str, x509.Certificate]:
     """Our CA certificates by serial, each one checked to chain to the distributed root."""
-    authorities = list(session.scalars(select(Authority)))
-    certificates = {}
-    for authority in authorities:
+    cas = connection.execute(select(authorities)).all()
+    ca_certificates = {}
+    for authority in cas:
         try:
-            certificates[authority.serial] = x509.load_pem_x509_certificate(authority.certificate_pem.encode())
+            ca_certificates[authority.serial] = x509.load_pem_x509_certificate(authority.certificate_pem.encode())
         except ValueError:
             raise _ChainError(f"CA {authority.serial} has an unreadable certificate in the inventory") from None
-    roots = [c for a, c in zip(authorities, certificates.values(), strict=True) if a.parent_id is None]
+    roots = [c for a, c in zip(cas, ca_certificates.values(), strict=True) if a.parent_id is None]
     if root_pem is not None:
         try:
             distributed = x509.load_pem_x509_certificate(root_pem)
@@ -260,18 +263,18 @@ def _checkpoint_signers(session: Session, root_pem: bytes | None) -> dict[str, x
         if distributed is not None and distributed not in roots:
             raise _ChainError("the inventory's root CA is not the one in ca.crt: the CA rows were replaced")
     trusted = {}
-    for serial, certificate in certificates.items():
+    for serial, certificate in ca_certificates.items():
         if any(certificate == root or is_issued_by(certificate, root) for root in roots):
             trusted[serial] = certificate
     return trusted
 
 
-def _verify_chain(records: list[AuditRecord], signers: dict[str, x509.Certificate]) -> tuple[int, int]:
+def _verify_chain(records: list[Row[Any]], signers: dict[str, x509.Certificate]) -> tuple[int, int]:
     """Walk the hash chain and check every checkpoint; return the number of checkpoints and
     the position of the last one (which, through the chain, signs every record before it)."""
     expected_prev = GENESIS_HASH
     checkpoints, last_signed = 0, 0
-    last_vouching: AuditRecord | None = None
+    last_vouching: Row[Any] | None = None
     for position, record in enumerate(records, start=1):
         if record.seq != position:
             raise _ChainError(f"record {position} is missing (next is {record.seq})")
@@ -297,7 +300,7 @@ def _verify_chain(records: list[AuditRecord], signers: dict[str, x509.Certificat
     return checkpoints, last_signed
 
 
-def _check_checkpoint(record: AuditRecord, records: list[AuditRecord], signers: dict[str, x509.Certificate]) -> None:
+def _check_checkpoint(record: Row[Any], records: list[Row[Any]], signers: dict[str, x509.Certificate]) -> None:
     details = record.details
     signed_seq, signed_hash = details.get("signed_seq"), details.get("signed_hash")
     if signed_seq != record.seq - 1 or signed_hash != records[record.seq - 2].hash:

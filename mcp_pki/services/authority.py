@@ -4,10 +4,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
-from sqlalchemy import Engine, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Engine, Row, insert, select
 
 from mcp_pki.errors import Conflict, InvalidInput, InventoryError, PassphraseError, PolicyViolation
 from mcp_pki.pki import keys, profiles
@@ -17,8 +17,17 @@ from mcp_pki.services import audit
 from mcp_pki.services.crls import publish_crls, write_crl_file
 from mcp_pki.services.files import OutputFiles, refuse_existing
 from mcp_pki.services.home import Home
-from mcp_pki.store.db import is_memory_database, open_inventory, redacted_url, write_session
-from mcp_pki.store.models import Authority
+from mcp_pki.store.db import (
+    connection_of,
+    is_memory_database,
+    open_inventory,
+    redacted_url,
+    write_transaction,
+)
+from mcp_pki.store.tables import authorities
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 PassphraseSource = Callable[[], bytes | None]
 MIN_PASSPHRASE_LENGTH = 8
@@ -74,19 +83,17 @@ def init_ca(home: Home, request: CaRequest, *, now: datetime) -> CreatedCa:
     output = OutputFiles()
     try:
         output.prepare(home.path)
-        with write_session(engine) as session, session.begin():
-            if session.scalar(select(Authority.id).limit(1)) is not None:
+        with write_transaction(engine) as connection:
+            if connection.scalar(select(authorities.c.id).limit(1)) is not None:
                 raise Conflict(f"this inventory already has a CA ({redacted_url(home.db_url)}): a CA is never replaced")
-            root, issuing, signers = _create_authorities(session, request, name_policy, now=now)
-            session.flush()
+            root, issuing, signers = _create_authorities(connection, request, name_policy, now=now)
             # Publish empty CRLs at once: servers configured with ssl_crl need a CRL from
             # every CA in the chain before the first revocation ever happens.
             crls = publish_crls(
-                session, {row.id: issuer for row, issuer in signers}, now=now,
-                validity=policy.crl_validity, published_file=home.crl_file,
+                connection, dict(signers), now=now, validity=policy.crl_validity, published_file=home.crl_file,
             )
             audit.append_record(
-                session,
+                connection,
                 now=now,
                 action="init-ca",
                 target_serial=profiles.serial_hex(root.serial_number),
@@ -116,8 +123,9 @@ def init_ca(home: Home, request: CaRequest, *, now: datetime) -> CreatedCa:
 
 
 def _create_authorities(
-    session: Session, request: CaRequest, name_policy: NamePolicy, *, now: datetime
-) -> tuple[x509.Certificate, x509.Certificate | None, list[tuple[Authority, profiles.Issuer]]]:
+    connection: Connection, request: CaRequest, name_policy: NamePolicy, *, now: datetime
+) -> tuple[x509.Certificate, x509.Certificate | None, list[tuple[int, profiles.Issuer]]]:
+    """The root (and the issuing CA), stored; with each CA's id and signing key."""
     root_key = keys.generate_private_key(request.key_type)
     constraints = name_policy.extension()
     root_not_after = now + request.validity
@@ -133,8 +141,8 @@ def _create_authorities(
         "root", root_cert, root_key, request, name_policy.dns if request.single_tier else (),
         signs_leaves=request.single_tier, now=now,
     )
-    session.add(root)
-    signers = [(root, profiles.Issuer(root_cert, root_key))]
+    root_id = _insert_authority(connection, root)
+    signers = [(root_id, profiles.Issuer(root_cert, root_key))]
     issuing_cert = None
     if not request.single_tier:
         issuing_key = keys.generate_private_key(request.key_type)
@@ -152,10 +160,15 @@ def _create_authorities(
         issuing = _authority_row(
             "issuing", issuing_cert, issuing_key, request, name_policy.dns, signs_leaves=True, now=now
         )
-        issuing.parent = root
-        session.add(issuing)
-        signers.append((issuing, profiles.Issuer(issuing_cert, issuing_key)))
+        issuing_id = _insert_authority(connection, {**issuing, "parent_id": root_id})
+        signers.append((issuing_id, profiles.Issuer(issuing_cert, issuing_key)))
     return root_cert, issuing_cert, signers
+
+
+def _insert_authority(connection: Connection, row: dict[str, Any]) -> int:
+    key = connection.execute(insert(authorities).values(row)).inserted_primary_key
+    assert key is not None
+    return int(key[0])
 
 
 def _authority_row(
@@ -167,54 +180,53 @@ def _authority_row(
     *,
     signs_leaves: bool,
     now: datetime,
-) -> Authority:
-    return Authority(
-        role=role,
-        signs_leaves=signs_leaves,
-        serial=profiles.serial_hex(certificate.serial_number),
-        subject=certificate.subject.rfc4514_string(),
-        key_type=request.key_type.value,
-        certificate_pem=pem(certificate),
-        encrypted_key_pem=keys.encrypt_private_key(key, request.passphrase),
-        key_encrypted=request.passphrase is not None,
+) -> dict[str, Any]:
+    return {
+        "role": role,
+        "signs_leaves": signs_leaves,
+        "serial": profiles.serial_hex(certificate.serial_number),
+        "subject": certificate.subject.rfc4514_string(),
+        "key_type": request.key_type.value,
+        "certificate_pem": pem(certificate),
+        "encrypted_key_pem": keys.encrypt_private_key(key, request.passphrase),
+        "key_encrypted": request.passphrase is not None,
         # Kept for display; issuance enforces the CA certificate's own name constraints.
-        permitted_dns=list(permitted_dns),
-        not_before=certificate.not_valid_before_utc,
-        not_after=certificate.not_valid_after_utc,
-        created_at=now,
-    )
+        "permitted_dns": list(permitted_dns),
+        "not_before": certificate.not_valid_before_utc,
+        "not_after": certificate.not_valid_after_utc,
+        "created_at": now,
+    }
 
 
 @dataclass(frozen=True, slots=True)
 class Chain:
     """The CA certificates a leaf needs: its issuer first, the root last."""
 
-    signer: Authority
-    authorities: tuple[Authority, ...]
+    signer: Row[Any]  # a row of the authorities table
+    authorities: tuple[Row[Any], ...]
 
     @property
-    def root(self) -> Authority:
+    def root(self) -> Row[Any]:
         return self.authorities[-1]
 
-    def intermediates(self) -> tuple[Authority, ...]:
+    def intermediates(self) -> tuple[Row[Any], ...]:
         """What a server sends after its own certificate: every CA except the root."""
         return self.authorities[:-1]
 
 
-def signing_chain(session: Session) -> Chain:
-    signer = session.scalar(
-        select(Authority).where(Authority.signs_leaves.is_(True)).order_by(Authority.id.desc()).limit(1)
-    )
+def signing_chain(db: "Connection | Session") -> Chain:
+    by_id = {row.id: row for row in connection_of(db).execute(select(authorities)).all()}
+    signer = max((row for row in by_id.values() if row.signs_leaves), key=lambda row: row.id, default=None)
     if signer is None:
         raise InventoryError("this inventory has no CA yet: run 'mcp-pki init-ca' first")
     chain, current = [signer], signer
-    while current.parent is not None:
-        current = current.parent
+    while current.parent_id is not None:
+        current = by_id[current.parent_id]
         chain.append(current)
     return Chain(signer=signer, authorities=tuple(chain))
 
 
-def unlock(authority: Authority, passphrase: PassphraseSource, *, now: datetime) -> profiles.Issuer:
+def unlock(authority: Row[Any], passphrase: PassphraseSource, *, now: datetime) -> profiles.Issuer:
     """The CA's certificate and decrypted key, refusing an expired CA."""
     if authority.not_after <= now:
         raise PolicyViolation(
@@ -231,9 +243,9 @@ def record_refused_passphrase(home: Home, *, command: str | None, now: datetime)
     command's transaction has rolled back). It names the command, never what was typed."""
     engine = open_inventory(home.db_url)
     try:
-        with write_session(engine) as session, session.begin():
+        with write_transaction(engine) as connection:
             audit.append_record(
-                session, now=now, action="passphrase-refused", outcome="refused",
+                connection, now=now, action="passphrase-refused", outcome="refused",
                 details={"command": command, "reason": "wrong CA passphrase"},
             )
     finally:
@@ -244,6 +256,6 @@ def open_existing(home: Home) -> Engine:
     return open_inventory(home.db_url)
 
 
-def unlock_all(session: Session, passphrase: PassphraseSource, *, now: datetime) -> dict[int, profiles.Issuer]:
+def unlock_all(db: "Connection | Session", passphrase: PassphraseSource, *, now: datetime) -> dict[int, profiles.Issuer]:
     """Every CA key, decrypted: each CA signs its own CRL."""
-    return {a.id: unlock(a, passphrase, now=now) for a in session.scalars(select(Authority))}
+    return {a.id: unlock(a, passphrase, now=now) for a in connection_of(db).execute(select(authorities)).all()}

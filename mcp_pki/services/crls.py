@@ -7,11 +7,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Row, func, insert, select, update
 
 from mcp_pki.errors import InvalidInput, PolicyViolation
 from mcp_pki.pki.crl import (
@@ -31,8 +31,13 @@ from mcp_pki.pki.der import pem_encode
 from mcp_pki.pki.profiles import Issuer
 from mcp_pki.pki.signatures import is_crl_signed_by
 from mcp_pki.services.files import OutputFiles
-from mcp_pki.store.models import Authority, Certificate, CrlPublication, Revocation
+from mcp_pki.store.db import connection_of
+from mcp_pki.store.tables import authorities as authority_table
+from mcp_pki.store.tables import certificates, crl_publications, revocations
 from mcp_pki.timestamps import iso_utc
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 logger = logging.getLogger(__name__)  # the CLI prints its warnings as "Warning: ..."
 
@@ -62,9 +67,10 @@ CLOCK_TOLERANCE = timedelta(minutes=5)
 
 
 def publish_crls(
-    session: Session, issuers: dict[int, Issuer], *, now: datetime, validity: timedelta, published_file: Path
+    db: "Connection | Session", issuers: dict[int, Issuer], *, now: datetime, validity: timedelta,
+    published_file: Path,
 ) -> list[PublishedCrl]:
-    """Sign a new CRL for every CA, inside the caller's transaction.
+    """Sign a new CRL for every CA, inside the caller's transaction (`db`).
 
     The CRL number is one more than the highest ever seen, in the inventory or in the
     published file (counting only CRLs that our CA signed), so that restoring an older
@@ -75,9 +81,10 @@ def publish_crls(
     """
     if validity <= timedelta(0):
         raise InvalidInput("the CRL validity must be greater than zero")
-    authorities = list(session.scalars(select(Authority).order_by(Authority.id.desc())))
-    certificates = {a.id: issuers[a.id].certificate for a in authorities}
-    previous = newest_signed_crls(session, certificates, published_file)
+    connection = connection_of(db)
+    authorities = connection.execute(select(authority_table).order_by(authority_table.c.id.desc())).all()
+    ca_certificates = {a.id: issuers[a.id].certificate for a in authorities}
+    previous = newest_signed_crls(connection, ca_certificates, published_file)
     for authority in authorities:
         last = previous.get(authority.id)
         if last is not None and now < last.this_update - CLOCK_TOLERANCE:
@@ -86,7 +93,7 @@ def publish_crls(
                 f"was signed at {iso_utc(last.this_update)}. Fix the system clock; CRLs are not signed "
                 f"while the clock is earlier than the newest CRL"
             )
-    revoked = _revoked_by_issuer(session, [a.id for a in authorities], previous, now=now)
+    revoked = _revoked_by_issuer(connection, [a.id for a in authorities], previous, now=now)
     published = []
     # Newest CA first: the issuing CA's CRL, then the root's, as crl.pem lists them.
     for authority in authorities:
@@ -94,7 +101,9 @@ def publish_crls(
         key_id = issuer.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
         highest = max(
             last.number if last else 0,
-            session.scalar(select(func.max(CrlPublication.number)).where(CrlPublication.authority_id == authority.id)) or 0,
+            connection.scalar(
+                select(func.max(crl_publications.c.number)).where(crl_publications.c.authority_id == authority.id)
+            ) or 0,
         )
         number = highest + 1
         if number > MAX_CRL_NUMBER:
@@ -104,16 +113,16 @@ def publish_crls(
             )
         entries = revoked.get(authority.id, [])
         if last is not None:
-            _refuse_dropped(session, authority, last, entries, now=now)
+            _refuse_dropped(connection, authority, last, entries, now=now)
         der = build_crl(issuer=issuer, number=number, this_update=now, next_update=now + validity, entries=entries)
         # Only the newest CRL's text is kept; older rows keep number and times as history.
-        session.execute(
-            update(CrlPublication)
-            .where(CrlPublication.authority_id == authority.id, CrlPublication.crl_pem != "")
+        connection.execute(
+            update(crl_publications)
+            .where(crl_publications.c.authority_id == authority.id, crl_publications.c.crl_pem != "")
             .values(crl_pem="")
         )
         pem = pem_encode(der)
-        session.add(CrlPublication(
+        connection.execute(insert(crl_publications).values(
             authority_id=authority.id, number=number, this_update=now, next_update=now + validity,
             crl_pem=pem.decode("ascii"),
         ))
@@ -137,7 +146,7 @@ class SignedCrl:
 
 
 def newest_signed_crls(
-    session: Session, certificates: dict[int, x509.Certificate], published_file: Path | None
+    db: "Connection | Session", ca_certificates: dict[int, x509.Certificate], published_file: Path | None
 ) -> dict[int, SignedCrl]:
     """By CA id, the highest-numbered CRL that this CA really signed.
 
@@ -146,12 +155,12 @@ def newest_signed_crls(
     folder could plant one with a huge number and block every later publication.
     """
     candidates: list[tuple[bytes, str]] = []
-    rows = session.execute(
-        select(CrlPublication.authority_id, CrlPublication.crl_pem).where(CrlPublication.crl_pem != "")
+    rows = connection_of(db).execute(
+        select(crl_publications.c.authority_id, crl_publications.c.crl_pem).where(crl_publications.c.crl_pem != "")
     ).all()
-    for _, text in rows:
+    for row in rows:
         try:
-            candidates.extend((der, "the inventory") for der in load_crl_ders(text.encode("ascii")))
+            candidates.extend((der, "the inventory") for der in load_crl_ders(row.crl_pem.encode("ascii")))
         except (InvalidInput, UnicodeEncodeError):
             logger.warning("an unreadable CRL in the inventory was ignored")
     if published_file is not None:
@@ -159,7 +168,8 @@ def newest_signed_crls(
             data = published_file.read_bytes()
         except OSError:
             data = b""
-        if data == b"".join(text.encode("ascii", "replace") for _, text in sorted(rows, reverse=True)):
+        inventory_text = b"".join(row.crl_pem.encode("ascii", "replace") for row in sorted(rows, reverse=True))
+        if data == inventory_text:
             data = b""  # crl.pem as we last wrote it: the same CRLs as the inventory's
         try:
             candidates.extend((der, str(published_file)) for der in load_crl_ders(data))
@@ -169,7 +179,7 @@ def newest_signed_crls(
     # Highest number first, each distinct CRL verified once, until each CA has one that
     # verifies: verifying a 100,000-entry CRL is the costly step.
     parsed.sort(key=lambda c: crl_number(c[0]) or 0, reverse=True)
-    key_ids = {i: _subject_key_id(c) for i, c in certificates.items()}
+    key_ids = {i: _subject_key_id(c) for i, c in ca_certificates.items()}
     newest: dict[int, SignedCrl] = {}
     seen: set[bytes] = set()
     for crl, der, source in parsed:
@@ -180,7 +190,7 @@ def newest_signed_crls(
         if der in seen:
             continue
         seen.add(der)
-        if signer is None or number is None or not is_crl_signed_by(der, certificates[signer]):
+        if signer is None or number is None or not is_crl_signed_by(der, ca_certificates[signer]):
             logger.warning("a CRL in %s is not signed by this CA: ignored", source)
             continue
         newest[signer] = SignedCrl(crl, der, number, crl.last_update_utc, source)
@@ -195,7 +205,7 @@ def _subject_key_id(certificate: x509.Certificate) -> bytes | None:
 
 
 def _refuse_dropped(
-    session: Session, authority: Authority, last: SignedCrl, entries: list[bytes], *, now: datetime
+    connection: Connection, authority: Row[Any], last: SignedCrl, entries: list[bytes], *, now: datetime
 ) -> None:
     """Refuse to publish when a serial on the previous signed CRL is missing from `entries`
     while its certificate has not expired: the revocation was removed from the database."""
@@ -210,7 +220,7 @@ def _refuse_dropped(
         serial = entry_serial(entry)
         if serial in still_listed:
             continue
-        if not _expired(session, authority, serial, now=now):
+        if not _expired(connection, authority, serial, now=now):
             raise PolicyViolation(
                 f"refusing to publish: certificate {serial:x} is revoked on CRL #{last.number} of "
                 f"{authority.subject} ({last.source}) and has not expired, but the inventory no longer "
@@ -218,12 +228,12 @@ def _refuse_dropped(
             )
 
 
-def _expired(session: Session, authority: Authority, serial: int, *, now: datetime) -> bool:
+def _expired(connection: Connection, authority: Row[Any], serial: int, *, now: datetime) -> bool:
     """Whether the certificate we signed with `serial` has expired, by its own signed
     notAfter: the inventory's not_after column could be edited along with the revocation."""
-    text = session.scalar(
-        select(Certificate.certificate_pem).where(
-            Certificate.issuer_id == authority.id, Certificate.serial == f"{serial:x}"
+    text = connection.scalar(
+        select(certificates.c.certificate_pem).where(
+            certificates.c.issuer_id == authority.id, certificates.c.serial == f"{serial:x}"
         )
     )
     if text is None:
@@ -238,7 +248,7 @@ def _expired(session: Session, authority: Authority, serial: int, *, now: dateti
 
 
 def _revoked_by_issuer(
-    session: Session, authority_ids: list[int], previous: dict[int, SignedCrl], *, now: datetime
+    connection: Connection, authority_ids: list[int], previous: dict[int, SignedCrl], *, now: datetime
 ) -> dict[int, list[bytes]]:
     """Encoded CRL entries by issuing CA, read in one pass over the revocations.
 
@@ -247,7 +257,7 @@ def _revoked_by_issuer(
     CRL of its CA and before now. Both, so that one run with the clock ahead cannot make
     later CRLs drop entries of certificates that are still valid. Every CA publishes at
     once, so one cutoff normally serves all; the cutoff is applied in SQL and only the
-    columns needed are read, on the Core connection, since per-row work would dominate at
+    columns needed are read, since per-row work would dominate at
     100,000 entries.
     """
     groups: dict[datetime | None, set[int]] = {}
@@ -257,28 +267,30 @@ def _revoked_by_issuer(
     by_issuer: dict[int, list[bytes]] = {}
     for cutoff, ids in groups.items():
         query = (
-            select(Certificate.issuer_id, Revocation.crl_entry)
-            .select_from(Revocation)
-            .join(Certificate, Revocation.certificate_id == Certificate.id)
-            .order_by(Revocation.certificate_id)
+            select(certificates.c.issuer_id, revocations.c.crl_entry)
+            .select_from(revocations)
+            .join(certificates, revocations.c.certificate_id == certificates.c.id)
+            .order_by(revocations.c.certificate_id)
         )
         if cutoff is not None:
-            query = query.where(Certificate.not_after >= cutoff)
-        for issuer_id, entry in session.connection().execute(query).all():
-            if issuer_id in ids:
-                by_issuer.setdefault(issuer_id, []).append(entry)
+            query = query.where(certificates.c.not_after >= cutoff)
+        for row in connection.execute(query).all():
+            if row.issuer_id in ids:
+                by_issuer.setdefault(row.issuer_id, []).append(row.crl_entry)
     return by_issuer
 
 
 def new_revocation(
-    certificate: Certificate, *, reason: RevocationReason | None, invalidity_date: datetime | None, now: datetime
-) -> Revocation:
-    """The revocation row of `certificate`, with its CRL entry encoded once for all CRLs."""
-    entry = RevokedEntry(int(certificate.serial, 16), now, reason, invalidity_date)
-    return Revocation(
-        certificate_id=certificate.id, revoked_at=now, reason=reason.value if reason else None,
-        invalidity_date=invalidity_date, crl_entry=encode_entry(entry),
-    )
+    certificate_id: int, serial: str, *, reason: RevocationReason | None, invalidity_date: datetime | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The revocation row (its columns) of a certificate, with its CRL entry encoded once for
+    all CRLs."""
+    entry = RevokedEntry(int(serial, 16), now, reason, invalidity_date)
+    return {
+        "certificate_id": certificate_id, "revoked_at": now, "reason": reason.value if reason else None,
+        "invalidity_date": invalidity_date, "crl_entry": encode_entry(entry),
+    }
 
 
 def _published_numbers(path: Path, ours: list[PublishedCrl]) -> dict[bytes, int]:

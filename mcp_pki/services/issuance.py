@@ -3,10 +3,10 @@
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
-from sqlalchemy import Engine, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Engine, func, insert, select
 
 from mcp_pki.durations import check_lifetime
 from mcp_pki.errors import Conflict, InvalidInput
@@ -23,8 +23,11 @@ from mcp_pki.services.authority import Chain, PassphraseSource, signing_chain, u
 from mcp_pki.services.crls import PublishedCrl, new_revocation, publish_crls, write_crl_file
 from mcp_pki.services.files import PRIVATE, FilesNotWritten, OutputFiles, refuse_existing
 from mcp_pki.services.home import Home
-from mcp_pki.store.db import open_inventory, read_session, write_session
-from mcp_pki.store.models import AuditRecord, Certificate, Revocation
+from mcp_pki.store.db import connection_of, open_inventory, read_transaction, write_transaction
+from mcp_pki.store.tables import audit_log, certificates, revocations
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +90,10 @@ def issue_leaf(
     own_engine = engine is None
     engine = engine or open_inventory(home.db_url)
     try:
-        with read_session(engine) as session, session.begin():
-            chain = signing_chain(session)
+        with read_transaction(engine) as connection:
+            chain = signing_chain(connection)
             _check_name_constraints(chain, request)
-            issuers = unlocked or (unlock_all(session, passphrase, now=now) if supersedes else {})
+            issuers = unlocked or (unlock_all(connection, passphrase, now=now) if supersedes else {})
         issuer = issuers.get(chain.signer.id) or unlock(chain.signer, passphrase, now=now)
         private_key = None if request.csr else keys.generate_private_key(request.key_type)
         public_key = request.csr.public_key if request.csr else private_key.public_key()  # type: ignore[union-attr]
@@ -130,23 +133,25 @@ def issue_leaf(
         superseded_crls: list[PublishedCrl] = []
         try:
             files.prepare(output.folder)
-            with write_session(engine) as session, session.begin():
+            with write_transaction(engine) as connection:
                 if request.renews_id is not None:
-                    refuse_stale_renewal(session, request.renews_id, request.owner, run_began=run_began)
-                session.add(_certificate_row(request, certificate, leaf_facts, chain.signer.id, output.folder, now))
+                    refuse_stale_renewal(connection, request.renews_id, request.owner, run_began=run_began)
+                connection.execute(insert(certificates).values(
+                    _certificate_row(request, certificate, leaf_facts, chain.signer.id, output.folder, now)
+                ))
                 details: dict[str, object] = {
                     "kind": request.kind.value, "sans": list(leaf_facts.sans),
                     "roles": list(request.roles), "not_after": leaf_facts.not_after.isoformat(),
                     "key_type": leaf_facts.key_type, "from_csr": request.csr is not None,
                 }
                 if request.renews_id is not None:
-                    details["renews"] = _serial_of(session, request.renews_id)
+                    details["renews"] = _serial_of(connection, request.renews_id)
                 if supersedes is not None:
-                    superseded_crls = _revoke_superseded(session, supersedes, issuers, home=home, now=now)
+                    superseded_crls = _revoke_superseded(connection, supersedes, issuers, home=home, now=now)
                     details["revoked_old"] = True
                     details["crl_numbers"] = [c.number for c in superseded_crls]
                 audit.append_record(
-                    session, now=now, action="renew" if request.renews_id else "issue",
+                    connection, now=now, action="renew" if request.renews_id else "issue",
                     target_serial=leaf_facts.serial, target_name=request.name, details=details,
                     signer=issuer,
                 )
@@ -188,48 +193,52 @@ def issue_leaf(
     return IssuedLeaf(request.kind, request.name, request.owner, leaf_facts, written, warnings)
 
 
-def audit_mark(session: Session) -> int:
+def audit_mark(db: "Connection | Session") -> int:
     """The newest audit record's position: what happened after it happened during this run."""
-    return session.scalar(select(func.coalesce(func.max(AuditRecord.seq), 0))) or 0
+    return connection_of(db).scalar(select(func.coalesce(func.max(audit_log.c.seq), 0))) or 0
 
 
-def refuse_stale_renewal(session: Session, renews_id: int, owner: str | None, *, run_began: int | None) -> None:
+def refuse_stale_renewal(connection: Connection, renews_id: int, owner: str | None, *, run_began: int | None) -> None:
     """Inside the write transaction: refuse to renew a certificate revoked since the run read
     it, or one whose owner was offboarded since `run_began` (offboarding wins)."""
-    revoked = session.execute(
-        select(Certificate.serial, Revocation.revoked_at)
-        .join(Revocation, Revocation.certificate_id == Certificate.id)
-        .where(Certificate.id == renews_id)
+    revoked = connection.execute(
+        select(certificates.c.serial, revocations.c.revoked_at)
+        .join(revocations, revocations.c.certificate_id == certificates.c.id)
+        .where(certificates.c.id == renews_id)
     ).first()
     if revoked is not None:
         raise Conflict(f"certificate {revoked.serial} was revoked meanwhile: not renewed")
     if owner is not None and run_began is not None:
-        offboarded = session.scalar(
-            select(AuditRecord.seq)
-            .where(AuditRecord.seq > run_began, AuditRecord.action == "offboard", AuditRecord.target_name == owner)
+        offboarded = connection.scalar(
+            select(audit_log.c.seq)
+            .where(audit_log.c.seq > run_began, audit_log.c.action == "offboard", audit_log.c.target_name == owner)
             .limit(1)
         )
         if offboarded is not None:
             raise Conflict(f"{owner} was offboarded meanwhile: not renewed")
 
 
-def _serial_of(session: Session, certificate_id: int) -> str:
-    serial = session.scalar(select(Certificate.serial).where(Certificate.id == certificate_id))
+def _serial_of(connection: Connection, certificate_id: int) -> str:
+    serial = connection.scalar(select(certificates.c.serial).where(certificates.c.id == certificate_id))
     assert serial is not None
-    return serial
+    return str(serial)
 
 
 def _revoke_superseded(
-    session: Session, certificate_id: int, issuers: dict[int, profiles.Issuer], *, home: Home, now: datetime
+    connection: Connection, certificate_id: int, issuers: dict[int, profiles.Issuer], *, home: Home, now: datetime
 ) -> list[PublishedCrl]:
-    old = session.get(Certificate, certificate_id)
-    assert old is not None
-    if old.revocation is not None:
+    old = connection.execute(
+        select(certificates.c.serial, revocations.c.certificate_id.label("revoked"))
+        .outerjoin(revocations, revocations.c.certificate_id == certificates.c.id)
+        .where(certificates.c.id == certificate_id)
+    ).one()
+    if old.revoked is not None:
         raise Conflict(f"certificate {old.serial} was revoked meanwhile: not renewed")
-    session.add(new_revocation(old, reason=RevocationReason.SUPERSEDED, invalidity_date=None, now=now))
-    session.flush()
+    connection.execute(insert(revocations).values(
+        new_revocation(certificate_id, old.serial, reason=RevocationReason.SUPERSEDED, invalidity_date=None, now=now)
+    ))
     return publish_crls(
-        session, issuers, now=now, validity=home.policy().crl_validity, published_file=home.crl_file
+        connection, issuers, now=now, validity=home.policy().crl_validity, published_file=home.crl_file
     )
 
 
@@ -276,26 +285,26 @@ def _output_paths(request: LeafRequest, output: OutputRequest) -> dict[str, Path
 def _certificate_row(
     request: LeafRequest, certificate: x509.Certificate, leaf: CertificateFacts, issuer_id: int,
     folder: Path, now: datetime,
-) -> Certificate:
-    return Certificate(
-        issuer_id=issuer_id,
-        serial=leaf.serial,
-        kind=request.kind.value,
-        name=request.name,
-        owner=request.owner,
-        subject=leaf.subject,
-        sans=list(leaf.sans),
-        roles=list(request.roles),
-        key_type=leaf.key_type,
-        from_csr=request.csr is not None,
-        not_before=leaf.not_before,
-        not_after=leaf.not_after,
-        certificate_pem=pem(certificate),
-        sha256_fingerprint=leaf.sha256_fingerprint,
-        renews_id=request.renews_id,
-        created_at=now,
-        files_dir=str(folder.absolute()),
-    )
+) -> dict[str, Any]:
+    return {
+        "issuer_id": issuer_id,
+        "serial": leaf.serial,
+        "kind": request.kind.value,
+        "name": request.name,
+        "owner": request.owner,
+        "subject": leaf.subject,
+        "sans": list(leaf.sans),
+        "roles": list(request.roles),
+        "key_type": leaf.key_type,
+        "from_csr": request.csr is not None,
+        "not_before": leaf.not_before,
+        "not_after": leaf.not_after,
+        "certificate_pem": pem(certificate),
+        "sha256_fingerprint": leaf.sha256_fingerprint,
+        "renews_id": request.renews_id,
+        "created_at": now,
+        "files_dir": str(folder.absolute()),
+    }
 
 
 def _organisation(ca_certificate: x509.Certificate) -> str | None:

@@ -266,7 +266,9 @@ def _revoke(
     session: Session, certificate: Certificate, reason: RevocationReason | None,
     invalidity_date: datetime | None, now: datetime,
 ) -> RevokedCertificate:
-    session.add(new_revocation(certificate, reason=reason, invalidity_date=invalidity_date, now=now))
+    session.add(Revocation(**new_revocation(
+        certificate.id, certificate.serial, reason=reason, invalidity_date=invalidity_date, now=now,
+    )))
     return RevokedCertificate(certificate.serial, certificate.name, certificate.kind, now, reason)
 
 

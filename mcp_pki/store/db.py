@@ -3,15 +3,19 @@
 import json
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
-from sqlalchemy.orm import Session
 
 from mcp_pki.errors import InventoryError
+
+if TYPE_CHECKING:  # the ORM is imported only by the commands that use it (see `tables`)
+    from sqlalchemy.orm import Session
 
 # The newest migration in `migrations/versions`. Checked against Alembic by a test, and
 # compared here without importing Alembic, which would double the start-up time.
@@ -115,13 +119,33 @@ def _use_wal(engine: Engine) -> None:
         connection.close()
 
 
-def write_session(engine: Engine) -> Session:
-    """A session whose transaction holds the inventory's write lock from its start.
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that holds the inventory's write lock from its start, committed when
+    the block ends and rolled back when it raises.
 
     Writers must see each other's rows before they read (the next audit sequence, the next
     CRL number), so they are serialised: SQLite by BEGIN IMMEDIATE (see `_configure_sqlite`),
     PostgreSQL by a transaction-scoped advisory lock, released at commit or rollback.
     """
+    with engine.execution_options(mcp_pki_write=True).begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_WRITE_LOCK_KEY})")
+        yield connection
+
+
+@contextmanager
+def read_transaction(engine: Engine) -> Iterator[Connection]:
+    """A read-only transaction: one consistent view of the inventory."""
+    with engine.begin() as connection:
+        yield connection
+
+
+def write_session(engine: Engine) -> "Session":
+    """An ORM session whose transaction holds the write lock from its start, as
+    `write_transaction` does."""
+    from sqlalchemy.orm import Session
+
     session = Session(engine.execution_options(mcp_pki_write=True), expire_on_commit=False)
     if engine.dialect.name == "postgresql":
 
@@ -132,8 +156,19 @@ def write_session(engine: Engine) -> Session:
     return session
 
 
-def read_session(engine: Engine) -> Session:
+def read_session(engine: Engine) -> "Session":
+    from sqlalchemy.orm import Session
+
     return Session(engine, expire_on_commit=False)
+
+
+def connection_of(db: "Connection | Session") -> Connection:
+    """The Core connection to run statements on, in the caller's transaction. A session is
+    flushed first, so that the rows it holds are visible to those statements."""
+    if isinstance(db, Connection):
+        return db
+    db.flush()
+    return db.connection()
 
 
 def _configure_sqlite(engine: Engine) -> None:
