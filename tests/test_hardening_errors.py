@@ -48,6 +48,7 @@ UNREADABLE_HOME_COMMANDS = [
 AS_UNPRIVILEGED = """
 import ctypes, json, sys
 import mcp_pki.cli, mcp_pki.services.health, mcp_pki.services.inventory, mcp_pki.services.issuance
+import mcp_pki.services.listing
 import mcp_pki.services.revocation, mcp_pki.services.snippets, platformdirs, pwd, secrets, yaml
 import sqlalchemy.dialects.sqlite
 from click.testing import CliRunner

@@ -80,7 +80,7 @@ def test_a_serial_prefix_is_looked_up_through_the_serial_index(ca: Cli) -> None:
 def test_list_json_written_by_sqlite_matches_the_listing_built_in_python(ca: Cli) -> None:
     """`list --json` on SQLite has the database write each object; it must say exactly what
     the listing built row by row in Python says, for every status and filter."""
-    from mcp_pki.services.inventory import ListFilter, Status, list_certificates
+    from mcp_pki.services.listing import ListFilter, Status, list_certificates
 
     ca.ok("issue", "client", "alice", "--email", "alice@example.com", "--role", "dev", "--role", "ops")
     ca.ok("issue", "server", "files", "--dns", "files.internal", "--ip", "10.0.0.5")
@@ -104,7 +104,7 @@ def test_list_json_written_by_sqlite_matches_the_listing_built_in_python(ca: Cli
         engine.dispose()
     # An expired certificate (as of a later clock) is listed as expired both ways.
     later = datetime.now(UTC) + timedelta(hours=5)
-    from mcp_pki.services.inventory import iter_certificates_json
+    from mcp_pki.services.listing import iter_certificates_json
 
     engine = open_inventory(f"sqlite:///{ca.db}")
     try:
@@ -116,29 +116,35 @@ def test_list_json_written_by_sqlite_matches_the_listing_built_in_python(ca: Cli
 
 
 def test_the_list_table_formatted_by_sqlite_matches_the_python_formatting(ca: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The table rows SQLite formats (names and roles joined in SQL) equal those formatted in
-    Python from decoded rows, escapes in the stored JSON included."""
-    from mcp_pki.services.inventory import ListFilter, iter_table_rows
+    """The table rows SQLite formats (columns padded by printf, names split as text) equal
+    those formatted in Python from decoded rows: escapes in the stored JSON, names wider
+    than their column and names beyond ASCII included, at both serial widths."""
+    from mcp_pki.services.listing import ListFilter, iter_table_rows
 
     ca.ok("issue", "client", "alice", "--email", "alice@example.com", "--role", "dev", "--role", "ops")
     ca.ok("issue", "server", "files", "--dns", "files.internal", "--ip", "10.0.0.5")
     ca.ok("issue", "client", "bare")
     ca.ok("issue", "client", "gone")
+    ca.ok("issue", "client", "a-name-longer-than-its-column")
     ca.ok("revoke", "gone")
     ca.ok("renew", "alice", "--out", "alice2")
-    with sqlite3.connect(ca.db) as connection:  # a role whose JSON holds an escape
+    with sqlite3.connect(ca.db) as connection:  # a role whose JSON holds an escape, a name beyond ASCII
         connection.execute("UPDATE certificates SET roles = ? WHERE name = 'bare'", (json.dumps(['d"q']),))
+        connection.execute("UPDATE certificates SET name = 'gonë' WHERE name = 'gone'")
     engine = open_inventory(f"sqlite:///{ca.db}")
     try:
         now = datetime.now(UTC)
-        by_sql = list(iter_table_rows(engine, ListFilter(), now=now))
-        monkeypatch.setattr(engine.dialect, "name", "other")
-        by_python = list(iter_table_rows(engine, ListFilter(), now=now))
+        for width in (12, 40):
+            by_sql = list(iter_table_rows(engine, ListFilter(), now=now, serial_width=width))
+            with monkeypatch.context() as patch:
+                patch.setattr(engine.dialect, "name", "other")
+                by_python = list(iter_table_rows(engine, ListFilter(), now=now, serial_width=width))
+            assert by_sql == by_python
     finally:
         engine.dispose()
-    assert by_sql == by_python
     assert {r.status for r in by_sql} == {"valid", "superseded", "revoked"}
-    assert next(r for r in by_sql if r.name == "bare").names == 'role:d"q'
+    assert next(r for r in by_sql if " bare " in r.head).names == 'role:d"q'
+    assert next(r for r in by_sql if "gonë" in r.head).head.endswith("gonë" + " " * 18)
     table = ca.ok("list").stdout
     assert "email:alice@example.com, role:dev, role:ops" in table and "DNS:files.internal, IP:10.0.0.5" in table
 
@@ -158,7 +164,7 @@ def test_list_copies_plain_name_lists_as_text_and_decodes_the_rest() -> None:
     lists that json.dumps writes, and leave anything escaped, quoted or unprintable to the
     JSON decoder, which refuses what is not a list of text."""
     from mcp_pki.errors import InventoryError
-    from mcp_pki.services.inventory import _json_list, _names_text, _plain_inner
+    from mcp_pki.services.listing import _json_list, _names_text, _plain_inner
 
     cases = {
         '["a.example", "b.example"]': "a.example, b.example",
@@ -185,7 +191,7 @@ def test_list_copies_plain_name_lists_as_text_and_decodes_the_rest() -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.text(max_size=12), max_size=4))
 def test_any_stored_list_of_names_lists_as_decoded(names: list[str]) -> None:
-    from mcp_pki.services.inventory import _json_list, _names_text
+    from mcp_pki.services.listing import _json_list, _names_text
 
     for stored in (json.dumps(names), json.dumps(names, ensure_ascii=False)):
         assert _names_text(stored, "role:") == ", ".join(f"role:{n}" for n in names)
@@ -196,7 +202,7 @@ def test_any_stored_list_of_names_lists_as_decoded(names: list[str]) -> None:
 @given(st.text(alphabet='[]", \\ab1{}:\t', max_size=16))
 def test_any_stored_text_lists_as_decoded_or_is_refused(stored: str) -> None:
     from mcp_pki.errors import InventoryError
-    from mcp_pki.services.inventory import _json_list, _names_text
+    from mcp_pki.services.listing import _json_list, _names_text
 
     try:
         decoded = json.loads(stored)

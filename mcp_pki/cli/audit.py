@@ -30,7 +30,7 @@ def audit(ctx: click.Context, since: str | None, as_json: bool) -> None:
     if ctx.invoked_subcommand is not None:
         return
     from mcp_pki.services.audit import list_records
-    from mcp_pki.services.authority import open_existing
+    from mcp_pki.services.home import open_existing
 
     settings = settings_of(ctx)
     engine = open_existing(settings.home())
@@ -83,7 +83,7 @@ def verify(settings: Settings, log_file: Path | None, ca_file: Path | None) -> N
         raise InvalidInput("--ca goes with --file: the CA audit log is checked against <home>/ca.crt")
     from mcp_pki.errors import PkiError
     from mcp_pki.services.audit import verify_audit_log
-    from mcp_pki.services.authority import open_existing
+    from mcp_pki.services.home import open_existing
 
     home = settings.home()
     engine = open_existing(home)

@@ -14,7 +14,7 @@ def db() -> None:
 @pass_settings
 def upgrade(settings: Settings) -> None:
     """Apply pending schema migrations (every command also applies them on its own)."""
-    from mcp_pki.services.authority import open_existing
+    from mcp_pki.services.home import open_existing
     from mcp_pki.store.db import SCHEMA_REVISION
 
     open_existing(settings.home()).dispose()

@@ -33,8 +33,8 @@ def status(ctx: click.Context, warn_within: str, as_json: bool) -> None:
          less than half of its validity left
       2  critical: a CA or CRL has expired, or a CA expires within --warn-within
     """
-    from mcp_pki.services.authority import open_existing
     from mcp_pki.services.health import check_health
+    from mcp_pki.services.home import open_existing
 
     settings = settings_of(ctx)
     home = settings.home()
@@ -82,7 +82,7 @@ def verify(settings: Settings, file: str, as_json: bool) -> None:
     Exit 0 when a server trusting our root and loading crl.pem would accept it;
     exit 1 with the reason (revoked, expired, unknown issuer, ...) otherwise.
     """
-    from mcp_pki.services.authority import open_existing
+    from mcp_pki.services.home import open_existing
     from mcp_pki.services.verification import VerificationFailed, verify_certificate
 
     data = read_file(file, "certificate file")

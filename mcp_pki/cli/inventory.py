@@ -4,7 +4,6 @@ import itertools
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
@@ -19,9 +18,6 @@ from mcp_pki.cli.common import (
     read_secret,
 )
 from mcp_pki.cli.terminal import shown, shown_fields
-
-if TYPE_CHECKING:
-    from mcp_pki.services.inventory import TableRow
 
 
 @click.command("list")
@@ -47,10 +43,11 @@ def list_command(
       mcp-pki list --status valid --current     # what should be deployed now
       mcp-pki list --expiring-within 30d
     """
-    from mcp_pki.services.authority import open_existing
-    from mcp_pki.services.inventory import (
+    from mcp_pki.services.home import open_existing
+    from mcp_pki.services.listing import (
         ListFilter,
         Status,
+        TableRow,
         iter_certificates_json,
         iter_table_rows,
     )
@@ -65,33 +62,30 @@ def list_command(
         if as_json:
             _stream_json(iter_certificates_json(engine, wanted, now=now()))
             return
-        rows = iter_table_rows(engine, wanted, now=now())
+        width = 40 if wide else 12
+        rows = iter_table_rows(engine, wanted, now=now(), serial_width=width)
         first = next(rows, None)
         if first is None:
             click.echo("no certificates", err=True)
             return
         lines = _Lines()
-        write = lines.write
-        width = 40 if wide else 12
         colour = sys.stdout.isatty()  # never escape codes in a pipe or a file
-        write(f"{'SERIAL':{width}}  {'KIND':6}  {'NAME':20}  {'STATUS':10}  {'NOT AFTER':16}  NAMES / ROLES\n")
+        cells = {status: f"{status:10}" for status in _STATUS_COLOURS}
+        lines.write(f"{'SERIAL':{width}}  {'KIND':6}  {'NAME':20}  {'STATUS':10}  {'NOT AFTER':16}  NAMES / ROLES")
         for row in itertools.chain((first,), rows):
-            line = _table_line(row, width)
+            line = f"{row.head}{cells[row.status]}  {row.not_after}  {row.names}"
             # Names come from CSRs and from a database others can write: escaped unless the
-            # line is printable ASCII throughout (one check in C for the usual row).
+            # line is printable ASCII throughout (one check in C for the usual line).
             if not (line.isascii() and line.isprintable()):
-                row = type(row)(*(shown(field) for field in row))
-                line = _table_line(row, width)
+                row = TableRow(shown(row.head), row.status, shown(row.not_after), shown(row.names))
+                line = f"{row.head}{cells[row.status]}  {row.not_after}  {row.names}"
             if colour:
-                line = _table_line(row, width, status=click.style(f"{row.status:10}", fg=_STATUS_COLOURS[row.status]))
-            write(line + "\n")
+                status = click.style(cells[row.status], fg=_STATUS_COLOURS[row.status])
+                line = f"{row.head}{status}  {row.not_after}  {row.names}"
+            lines.write(line)
         lines.flush()
     finally:
         engine.dispose()
-
-
-def _table_line(row: "TableRow", width: int, *, status: str | None = None) -> str:
-    return f"{row.serial[:width]:{width}}  {row.kind:6}  {row.name:20}  {status or f'{row.status:10}'}  {row.not_after}  {row.names}"
 
 
 class _Lines:
@@ -101,14 +95,16 @@ class _Lines:
     def __init__(self) -> None:
         self._pending: list[str] = []
 
-    def write(self, text: str) -> None:
-        self._pending.append(text)
+    def write(self, line: str) -> None:
+        self._pending.append(line)
         if len(self._pending) >= 1000:
             self.flush()
 
     def flush(self) -> None:
-        sys.stdout.write("".join(self._pending))
-        self._pending.clear()
+        if self._pending:
+            self._pending.append("")  # each line ends with a newline
+            sys.stdout.write("\n".join(self._pending))
+            self._pending.clear()
 
 
 _STATUS_COLOURS = {"valid": "green", "superseded": "cyan", "expired": "yellow", "revoked": "red"}
@@ -116,11 +112,12 @@ _STATUS_COLOURS = {"valid": "green", "superseded": "cyan", "expired": "yellow", 
 
 def _stream_json(documents: Iterator[str]) -> None:
     """A JSON array written one object per line as the rows arrive."""
-    lines, separator = _Lines(), "[\n  "
+    lines, previous = _Lines(), None
     for document in documents:
-        lines.write(separator + document)
-        separator = ",\n  "
-    lines.write("[]\n" if separator.startswith("[") else "\n]\n")
+        # Every object but the last ends with a comma: written once the next one comes.
+        lines.write("[" if previous is None else f"  {previous},")
+        previous = document
+    lines.write("[]" if previous is None else f"  {previous}\n]")
     lines.flush()
 
 
@@ -131,7 +128,7 @@ def _stream_json(documents: Iterator[str]) -> None:
 @pass_settings
 def show(settings: Settings, ref: str, as_json: bool, as_pem: bool) -> None:
     """Show one certificate. REF is a NAME or a serial (a prefix of 8+ hex digits will do)."""
-    from mcp_pki.services.authority import open_existing
+    from mcp_pki.services.home import open_existing
     from mcp_pki.services.inventory import show_certificate
 
     engine = open_existing(settings.home())
@@ -208,8 +205,8 @@ def export(
         return
     if folder is not None or variables:
         raise InvalidInput("--dir and --var are only used with --format bundle")
-    from mcp_pki.services.authority import open_existing
     from mcp_pki.services.files import PRIVATE, PUBLIC, write_atomically
+    from mcp_pki.services.home import open_existing
     from mcp_pki.services.inventory import ExportFormat, export_certificate
 
     chosen = ExportFormat(export_format)

@@ -22,9 +22,6 @@ BACKDATE = timedelta(minutes=5)
 
 ROOT_VALIDITY = timedelta(days=3650)
 LEAF_VALIDITY = timedelta(days=90)
-# Leaves beyond 397 days are refused by most clients' policies, and a long-lived client
-# certificate outlives the teammate's access; config.yaml may lower or raise this.
-LEAF_MAX_VALIDITY = timedelta(days=397)
 
 
 class CertificateKind(Enum):

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
-from sqlalchemy import Connection, Engine, Row, insert, select
+from sqlalchemy import Connection, Row, insert, select
 
 from mcp_pki.errors import Conflict, InvalidInput, InventoryError, PassphraseError, PolicyViolation
 from mcp_pki.pki import keys, profiles
@@ -250,10 +250,6 @@ def record_refused_passphrase(home: Home, *, command: str | None, now: datetime)
             )
     finally:
         engine.dispose()
-
-
-def open_existing(home: Home) -> Engine:
-    return open_inventory(home.db_url)
 
 
 def unlock_all(db: "Connection | Session", passphrase: PassphraseSource, *, now: datetime) -> dict[int, profiles.Issuer]:

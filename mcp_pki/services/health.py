@@ -9,10 +9,10 @@ from sqlalchemy import Engine, func, select
 
 from mcp_pki.errors import InvalidInput
 from mcp_pki.pki.crl import authority_key_id, crl_number, load_crls
-from mcp_pki.services.inventory import ListedCertificate, Status, count_by_status
-from mcp_pki.services.renewal import expiring_unreplaced_columns
-from mcp_pki.store.db import read_session
-from mcp_pki.store.models import Authority, Certificate, CrlPublication
+from mcp_pki.services.listing import ListedCertificate, count_by_status, list_expiring
+from mcp_pki.store.db import read_transaction
+from mcp_pki.store.tables import authorities as authority_table
+from mcp_pki.store.tables import crl_publications
 
 
 class Level(IntEnum):
@@ -57,18 +57,8 @@ def check_health(engine: Engine, *, now: datetime, warn_within: timedelta, crl_f
     for authority in authorities:
         findings += _authority_findings(authority, now=now, warn_within=warn_within)
     findings += _published_file_findings(crl_file, authorities, now=now)
-    with read_session(engine) as session, session.begin():
-        # A certificate that already has a valid renewal is taken care of: no warning.
-        expiring = [
-            ListedCertificate(
-                serial=c.serial, name=c.name, kind=c.kind, owner=c.owner, status=Status.VALID,
-                not_after=c.not_after, sans=tuple(c.sans), roles=tuple(c.roles),
-            )
-            for c in expiring_unreplaced_columns(
-                session, Certificate.serial, Certificate.name, Certificate.kind, Certificate.owner,
-                Certificate.not_after, Certificate.sans, Certificate.roles, now=now, within=warn_within,
-            )
-        ]
+    # A certificate that already has a valid renewal is taken care of: no warning.
+    expiring = list_expiring(engine, now=now, within=warn_within)
     for certificate in expiring:
         findings.append(Finding(
             Level.WARNING,
@@ -79,23 +69,30 @@ def check_health(engine: Engine, *, now: datetime, warn_within: timedelta, crl_f
 
 
 def _authorities(engine: Engine) -> list[AuthorityHealth]:
+    crls = crl_publications
     newest = (
-        select(CrlPublication.authority_id, func.max(CrlPublication.number).label("number"))
-        .group_by(CrlPublication.authority_id)
+        select(crls.c.authority_id, func.max(crls.c.number).label("number"))
+        .group_by(crls.c.authority_id)
         .subquery()
     )
     query = (
-        select(Authority.role, Authority.subject, Authority.not_after,
-               CrlPublication.number, CrlPublication.this_update, CrlPublication.next_update)
-        .outerjoin(newest, newest.c.authority_id == Authority.id)
-        .outerjoin(CrlPublication, (CrlPublication.authority_id == Authority.id) & (CrlPublication.number == newest.c.number))
-        .order_by(Authority.id.desc())
+        select(authority_table.c.role, authority_table.c.subject, authority_table.c.not_after,
+               crls.c.number, crls.c.this_update, crls.c.next_update)
+        .outerjoin(newest, newest.c.authority_id == authority_table.c.id)
+        .outerjoin(crls, (crls.c.authority_id == authority_table.c.id) & (crls.c.number == newest.c.number))
+        .order_by(authority_table.c.id.desc())
     )
-    with read_session(engine) as session, session.begin():
-        rows = session.execute(query).all()
+    with read_transaction(engine) as connection:
+        rows = connection.execute(query).all()
     if not rows:
         raise InvalidInput("this inventory has no CA yet: run 'mcp-pki init-ca' first")
-    return [AuthorityHealth(*row) for row in rows]
+    return [
+        AuthorityHealth(
+            role=row.role, subject=row.subject, not_after=row.not_after, crl_number=row.number,
+            crl_this_update=row.this_update, crl_next_update=row.next_update,
+        )
+        for row in rows
+    ]
 
 
 def _authority_findings(authority: AuthorityHealth, *, now: datetime, warn_within: timedelta) -> list[Finding]:

@@ -4,13 +4,18 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcp_pki.durations import parse_lifetime
 from mcp_pki.errors import InvalidInput
-from mcp_pki.pki.profiles import LEAF_MAX_VALIDITY
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 CRL_VALIDITY = timedelta(days=7)
+# Leaves beyond 397 days are refused by most clients' policies, and a long-lived client
+# certificate outlives the teammate's access; config.yaml may lower or raise this.
+LEAF_MAX_VALIDITY = timedelta(days=397)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +53,13 @@ class Home:
         if not self.config_file.exists():
             return Policy()
         return _parse_policy(_load_yaml(self.config_file))
+
+
+def open_existing(home: Home) -> "Engine":
+    """The home's inventory, which must exist (see `mcp_pki.store.db.open_inventory`)."""
+    from mcp_pki.store.db import open_inventory  # SQLAlchemy only for commands that need it
+
+    return open_inventory(home.db_url)
 
 
 def resolve_home(home: str | None, db_url: str | None) -> Home:

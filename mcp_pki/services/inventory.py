@@ -1,43 +1,29 @@
-"""Reading the inventory: finding certificates by REF, listing, inspecting, exporting."""
+"""Reading the inventory: finding certificates by REF, inspecting, exporting (listing is in
+`listing`)."""
 
-import functools
-import json
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from enum import Enum
-from typing import Any, NamedTuple
 
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import (
     Engine,
     Select,
-    String,
-    Subquery,
-    case,
-    func,
-    literal,
     select,
-    type_coerce,
 )
-from sqlalchemy.orm import Session, aliased, contains_eager
+from sqlalchemy.orm import Session, contains_eager
 
-from mcp_pki.errors import Ambiguous, InvalidInput, InventoryError, NotFound
+from mcp_pki.errors import Ambiguous, InvalidInput, NotFound
 from mcp_pki.pki.bundles import load_private_key, pkcs12_bytes
 from mcp_pki.pki.inspect import facts, from_pem
+from mcp_pki.services.listing import Status
 from mcp_pki.store.db import read_session
-from mcp_pki.store.models import Authority, Certificate, Revocation
+from mcp_pki.store.models import Authority, Certificate
 from mcp_pki.timestamps import iso_utc
 
 _SERIAL_PREFIX = re.compile(r"[0-9a-f]{8,40}")
 MIN_SERIAL_PREFIX = 8
-
-
-class Status(Enum):
-    VALID = "valid"
-    REVOKED = "revoked"
-    EXPIRED = "expired"
 
 
 def status_of(certificate: Certificate, now: datetime) -> Status:
@@ -183,287 +169,6 @@ def view(session: Session, certificate: Certificate, *, now: datetime) -> Certif
 def show_certificate(engine: Engine, ref: str, *, now: datetime) -> CertificateView:
     with read_session(engine) as session, session.begin():
         return view(session, resolve_ref(session, ref, now=now), now=now)
-
-
-@dataclass(frozen=True, slots=True)
-class ListFilter:
-    kind: str | None = None
-    status: Status | None = None
-    expiring_within: timedelta | None = None
-    name: str | None = None
-    current: bool = False  # leave out certificates that a valid renewal supersedes
-
-
-@dataclass(frozen=True, slots=True)
-class ListedCertificate:
-    serial: str
-    name: str
-    kind: str
-    owner: str | None
-    status: Status
-    not_after: datetime
-    sans: tuple[str, ...]
-    roles: tuple[str, ...]
-    superseded_by: str | None = None  # a valid renewal of this certificate, when there is one
-
-    @property
-    def superseded(self) -> bool:
-        """Still valid, but renewed: what is deployed should be its renewal by now."""
-        return self.status is Status.VALID and self.superseded_by is not None
-
-    def as_json(self) -> dict[str, object]:
-        return {
-            "serial": self.serial, "name": self.name, "kind": self.kind, "owner": self.owner,
-            "status": self.status.value, "not_after": _iso(self.not_after),
-            "sans": list(self.sans), "roles": list(self.roles), "superseded_by": self.superseded_by,
-        }
-
-
-def list_certificates(engine: Engine, wanted: ListFilter, *, now: datetime) -> list[ListedCertificate]:
-    return list(iter_certificates(engine, wanted, now=now))
-
-
-def iter_certificates(engine: Engine, wanted: ListFilter, *, now: datetime) -> Iterator[ListedCertificate]:
-    """The certificates `list` shows, streamed: only the columns shown are read (never the
-    PEM), a thousand rows at a time, so 100,000 certificates list in constant memory."""
-    renewals = _valid_renewals(now)
-    # The dates and JSON lists come back as the driver gives them and are decoded below:
-    # SQLAlchemy's per-value result processing cost four times the query itself at 100,000.
-    query = _listing(
-        select(Certificate.serial, Certificate.name, Certificate.kind, Certificate.owner,
-               type_coerce(Certificate.not_after, String).label("not_after"),
-               type_coerce(Certificate.sans, String).label("sans"), type_coerce(Certificate.roles, String).label("roles"),
-               Revocation.certificate_id.label("revoked"), renewals.c.serial.label("superseded_by")),
-        wanted, renewals, now,
-    )
-    with read_session(engine) as session, session.begin():
-        for row in session.connection().execute(query.execution_options(yield_per=1000)):
-            not_after = _utc(row.not_after)
-            status = Status.REVOKED if row.revoked is not None else (
-                Status.EXPIRED if not_after <= now else Status.VALID)
-            yield ListedCertificate(
-                serial=row.serial, name=row.name, kind=row.kind, owner=row.owner, status=status,
-                not_after=not_after, sans=_texts(row.sans), roles=_texts(row.roles),
-                superseded_by=row.superseded_by,
-            )
-
-
-def iter_certificates_json(engine: Engine, wanted: ListFilter, *, now: datetime) -> Iterator[str]:
-    """What `list --json` prints, one JSON object per certificate, as `ListedCertificate.as_json`
-    has it. On SQLite each object is written from the stored text, its lists of names copied
-    as they are stored when json.dumps wrote them (see `_json_list`): decoding and encoding
-    them cost several times the query at 100,000 rows. Elsewhere, from `iter_certificates`."""
-    if engine.dialect.name != "sqlite":
-        for listed in iter_certificates(engine, wanted, now=now):
-            yield json.dumps(listed.as_json())
-        return
-    renewals = _valid_renewals(now)
-    status = case(
-        (Revocation.certificate_id.is_not(None), literal("revoked")),
-        (Certificate.not_after <= now, literal("expired")),
-        else_=literal("valid"),
-    )
-    query = _listing(
-        select(Certificate.serial, Certificate.name, Certificate.kind, Certificate.owner, status,
-               type_coerce(Certificate.not_after, String), type_coerce(Certificate.sans, String),
-               type_coerce(Certificate.roles, String), renewals.c.serial),
-        wanted, renewals, now,
-    )
-    quote = _json_string
-    with read_session(engine) as session, session.begin():
-        row: Any  # untyped: nine columns, each text
-        for row in session.connection().execute(query.execution_options(yield_per=1000)):
-            serial, name, kind, owner, status_text, not_after, sans, roles, superseded_by = row
-            # Stored as "YYYY-MM-DD HH:MM:SS.ffffff"; iso_utc drops a zero fraction, as here.
-            iso = not_after.replace(".000000", "").replace(" ", "T") + "Z"
-            yield (
-                f'{{"serial": {quote(serial)}, "name": {quote(name)}, "kind": {quote(kind)}, '
-                f'"owner": {"null" if owner is None else quote(owner)}, "status": "{status_text}", '
-                f'"not_after": {quote(iso)}, "sans": {_json_list(sans)}, "roles": {_roles_json(roles)}, '
-                f'"superseded_by": {"null" if superseded_by is None else quote(superseded_by)}}}'
-            )
-
-
-# The C encoder json.dumps uses for a string, called directly: json.dumps itself costs three
-# times as much per call, five calls a row.
-_json_string = json.encoder.encode_basestring_ascii
-
-
-def _plain_inner(stored: str) -> str | None:
-    """The inside of a stored list of names as json.dumps writes it ('["a", "b"]' gives
-    'a", "b'), when nothing in it is escaped or unprintable: such a list is split or copied
-    as text. None for anything else, which is decoded (and refused when corrupt)."""
-    if (len(stored) >= 4 and stored.startswith('["') and stored.endswith('"]') and "\\" not in stored
-            and stored.isprintable()):
-        inner = stored[2:-2]
-        if '"' not in inner.replace('", "', ""):
-            return inner
-    return None
-
-
-def _json_list(stored: str) -> str:
-    """A stored list of names as JSON text: itself when json.dumps wrote it, else re-encoded."""
-    if stored == "[]" or _plain_inner(stored) is not None:
-        return stored
-    return json.dumps(list(_texts(stored)))
-
-
-@functools.lru_cache(maxsize=1024)
-def _roles_json(stored: str) -> str:
-    # Cached: the same few sets of roles repeat from row to row.
-    return _json_list(stored)
-
-
-class TableRow(NamedTuple):
-    """One line of `list`'s table, as text: untrusted, so escaped by the caller. A tuple:
-    made 100,000 times, a frozen dataclass cost more than the query."""
-
-    serial: str
-    kind: str
-    name: str
-    status: str  # valid, superseded, expired or revoked
-    not_after: str  # YYYY-MM-DD HH:MM (UTC)
-    names: str  # the SANs then role:ROLE for each role, comma-separated
-
-
-def iter_table_rows(engine: Engine, wanted: ListFilter, *, now: datetime) -> Iterator[TableRow]:
-    """What `list` prints, row by row. On SQLite the database works out the status and the
-    date's text, and the lists of names are split as text (see `_names_text`): decoding and
-    formatting 100,000 rows through SQLAlchemy's types cost several times the query.
-    Elsewhere, from `iter_certificates`."""
-    if engine.dialect.name != "sqlite":
-        for listed in iter_certificates(engine, wanted, now=now):
-            status = "superseded" if listed.superseded else listed.status.value
-            names = ", ".join([*listed.sans, *(f"role:{r}" for r in listed.roles)])
-            yield TableRow(listed.serial, listed.kind, listed.name, status,
-                           f"{listed.not_after:%Y-%m-%d %H:%M}", names)
-        return
-    renewals = _valid_renewals(now)
-    shown_status = case(
-        (Revocation.certificate_id.is_not(None), literal("revoked")),
-        (Certificate.not_after <= now, literal("expired")),
-        (renewals.c.serial.is_not(None), literal("superseded")),
-        else_=literal("valid"),
-    )
-    query = _listing(
-        select(Certificate.serial, Certificate.kind, Certificate.name, shown_status,
-               func.substr(type_coerce(Certificate.not_after, String), 1, 16),
-               type_coerce(Certificate.sans, String), type_coerce(Certificate.roles, String)),
-        wanted, renewals, now,
-    )
-    with read_session(engine) as session, session.begin():
-        row: Any  # untyped: seven columns, each text
-        for row in session.connection().execute(query.execution_options(yield_per=1000)):
-            serial, kind, name, status, not_after, sans, roles = row
-            sans_text, roles_text = _names_text(sans), _roles_text(roles)
-            names = f"{sans_text}, {roles_text}" if sans_text and roles_text else sans_text or roles_text
-            yield TableRow(serial, kind, name, status, not_after, names)
-
-
-def _names_text(stored: str, prefix: str = "") -> str:
-    """A stored list of names as 'PREFIXa, PREFIXb', split as text when json.dumps wrote it
-    (ten times faster than decoding it)."""
-    if stored == "[]":
-        return ""
-    inner = _plain_inner(stored)
-    if inner is not None:
-        return prefix + inner.replace('", "', ", " + prefix)
-    return ", ".join(prefix + item for item in _texts(stored))
-
-
-@functools.lru_cache(maxsize=1024)
-def _roles_text(stored: str) -> str:
-    # Cached: the same few sets of roles repeat from row to row.
-    return _names_text(stored, "role:")
-
-
-def _listing(query: Any, wanted: ListFilter, renewals: Subquery, now: datetime) -> Any:
-    """`query` (a select of columns) over the certificates `wanted` asks for, in listing order."""
-    query = (
-        query.select_from(Certificate)
-        .outerjoin(Revocation, Revocation.certificate_id == Certificate.id)
-        .outerjoin(renewals, renewals.c.renewed_id == Certificate.id)
-        .order_by(Certificate.name, Certificate.not_before, Certificate.id)
-    )
-    if wanted.kind:
-        query = query.where(Certificate.kind == wanted.kind)
-    if wanted.name:
-        query = query.where(Certificate.name == wanted.name)
-    if wanted.status is Status.REVOKED:
-        query = query.where(Revocation.certificate_id.is_not(None))
-    elif wanted.status is Status.EXPIRED:
-        query = query.where(Revocation.certificate_id.is_(None), Certificate.not_after <= now)
-    elif wanted.status is Status.VALID:
-        query = query.where(Revocation.certificate_id.is_(None), Certificate.not_after > now)
-    if wanted.expiring_within is not None:
-        query = query.where(
-            Revocation.certificate_id.is_(None),
-            Certificate.not_after > now,
-            Certificate.not_after <= now + wanted.expiring_within,
-        )
-    if wanted.current:
-        query = query.where(renewals.c.serial.is_(None))
-    return query
-
-
-def _utc(value: str | datetime) -> datetime:
-    """A stored time as the driver returns it (text on SQLite, naive UTC elsewhere)."""
-    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
-    return moment.replace(tzinfo=UTC)
-
-
-def _texts(value: str | list[str]) -> tuple[str, ...]:
-    """A stored list of names or roles (JSON text on SQLite, already decoded elsewhere),
-    refused as the inventory's own column type refuses it when it is not a list of text."""
-    if isinstance(value, str):
-        return _decoded(value)
-    return _checked(value)
-
-
-@functools.lru_cache(maxsize=4096)
-def _decoded(text: str) -> tuple[str, ...]:
-    # Cached: roles, and the names of renewed certificates, repeat from row to row.
-    try:
-        return _checked(json.loads(text))
-    except ValueError:
-        raise InventoryError(
-            "the inventory is corrupt: a row holds invalid JSON (edited by hand?); restore a backup"
-        ) from None
-
-
-def _checked(items: object) -> tuple[str, ...]:
-    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
-        raise InventoryError("the inventory is corrupt: a stored list of names or roles is not a list of strings")
-    return tuple(items)
-
-
-def _valid_renewals(now: datetime) -> Subquery:
-    """Each renewed certificate's newest valid renewal: (renewed_id, serial). Listing joins it
-    once; a sub-select per listed row cost more than the rest of the query at 100,000."""
-    renewal_revocation = aliased(Revocation)
-    newest_first = func.row_number().over(
-        partition_by=Certificate.renews_id, order_by=(Certificate.not_before.desc(), Certificate.id.desc())
-    )
-    ranked = (
-        select(Certificate.renews_id.label("renewed_id"), Certificate.serial, newest_first.label("rank"))
-        .outerjoin(renewal_revocation, renewal_revocation.certificate_id == Certificate.id)
-        .where(Certificate.renews_id.is_not(None), renewal_revocation.certificate_id.is_(None),
-               Certificate.not_after > now)
-        .subquery("ranked_renewals")
-    )
-    return select(ranked.c.renewed_id, ranked.c.serial).where(ranked.c.rank == 1).subquery("renewals")
-
-
-def count_by_status(engine: Engine, *, now: datetime) -> dict[str, int]:
-    revoked = Revocation.certificate_id.is_not(None)
-    query = select(
-        func.count(Certificate.id),
-        func.count(Revocation.certificate_id),
-        func.count(Certificate.id).filter(~revoked, Certificate.not_after <= now),
-    ).outerjoin(Certificate.revocation)
-    with read_session(engine) as session, session.begin():
-        total, revoked_count, expired = session.execute(query).one()
-    return {"valid": total - revoked_count - expired, "revoked": revoked_count, "expired": expired}
 
 
 class ExportFormat(Enum):

@@ -1,13 +1,12 @@
 """Renewing certificates: one by REF, or every certificate about to expire."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-from sqlalchemy import Engine, Row, Select, exists, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
 from mcp_pki.errors import Conflict, InvalidInput, PolicyViolation
 from mcp_pki.pki import keys, profiles
@@ -15,12 +14,14 @@ from mcp_pki.pki.crl import RevocationReason
 from mcp_pki.pki.csr import VerifiedRequest
 from mcp_pki.pki.names import SubjectAltNames
 from mcp_pki.pki.profiles import CertificateKind, Issuer
+from mcp_pki.services import listing
 from mcp_pki.services.apply import Action, Held, Outcome, Plan, Step, apply_plan
 from mcp_pki.services.authority import PassphraseSource
 from mcp_pki.services.files import refuse_existing
 from mcp_pki.services.home import Home
-from mcp_pki.services.inventory import Status, resolve_ref, status_of
+from mcp_pki.services.inventory import resolve_ref, status_of
 from mcp_pki.services.issuance import IssuedLeaf, LeafRequest, OutputRequest, audit_mark, issue_leaf
+from mcp_pki.services.listing import Status
 from mcp_pki.services.roster import RosterEntry
 from mcp_pki.store.db import open_inventory, read_session
 from mcp_pki.store.models import Certificate, Revocation
@@ -145,39 +146,7 @@ def _same_key_type(old: Certificate) -> keys.KeyType:
 
 def expiring_unreplaced(session: Session, *, now: datetime, within: timedelta) -> list[Certificate]:
     """Valid certificates expiring within the window that no valid renewal replaces yet."""
-    return list(session.scalars(_expiring_unreplaced(select(Certificate), now=now, within=within)))
-
-
-def expiring_unreplaced_columns(
-    session: Session, *columns: Any, now: datetime, within: timedelta,
-) -> Sequence[Row[Any]]:
-    """The same certificates, only `columns` of them: `status` lists ten thousand without
-    loading an object (and its PEM) for each."""
-    return session.execute(_expiring_unreplaced(select(*columns), now=now, within=within)).all()
-
-
-def _expiring_unreplaced(query: Select[Any], *, now: datetime, within: timedelta) -> Select[Any]:
-    # The renews_id index (migration 0003) answers the NOT EXISTS per certificate; without
-    # it the check scanned the table for each one.
-    renewal = aliased(Certificate)
-    renewal_revocation = aliased(Revocation)
-    replaced = exists(
-        select(renewal.id)
-        .outerjoin(renewal_revocation, renewal_revocation.certificate_id == renewal.id)
-        .where(renewal.renews_id == Certificate.id, renewal_revocation.certificate_id.is_(None),
-               renewal.not_after > now)
-    )
-    return (
-        query.select_from(Certificate)
-        .outerjoin(Revocation, Revocation.certificate_id == Certificate.id)
-        .where(
-            Revocation.certificate_id.is_(None),
-            Certificate.not_after > now,
-            Certificate.not_after <= now + within,
-            ~replaced,
-        )
-        .order_by(Certificate.not_after, Certificate.id)
-    )
+    return list(session.scalars(listing.expiring_unreplaced(select(Certificate), now=now, within=within)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,8 @@ from mcp_pki.errors import InvalidInput
 from mcp_pki.render import TARGETS, CertificateView, Target, find_target, render, render_page
 from mcp_pki.render.values import refuse_control_characters
 from mcp_pki.services.home import Home
-from mcp_pki.services.inventory import Status, issuer_chain, resolve_ref, status_of
+from mcp_pki.services.inventory import issuer_chain, resolve_ref, status_of
+from mcp_pki.services.listing import Status
 from mcp_pki.store.db import open_inventory, read_session
 from mcp_pki.store.models import Certificate
 from mcp_pki.timestamps import iso_utc

@@ -123,7 +123,8 @@ def export_bundle(
 ) -> Bundle:
     """What the teammate needs besides their key, in one archive. With `folder` (where the files
     will live on their machine) the host configurations are rendered into it too."""
-    from mcp_pki.services.inventory import Status, issuer_chain, resolve_ref, status_of
+    from mcp_pki.services.inventory import issuer_chain, resolve_ref, status_of
+    from mcp_pki.services.listing import Status
     from mcp_pki.store.db import open_inventory, read_session
 
     engine = open_inventory(home.db_url)
