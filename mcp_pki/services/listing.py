@@ -87,16 +87,19 @@ def iter_certificates(engine: Engine, wanted: ListFilter, *, now: datetime) -> I
                revocations.c.certificate_id.label("revoked"), renewals.c.serial.label("superseded_by")),
         wanted, renewals, now,
     )
+    rows: Any  # partitions of rows, untyped
     with read_transaction(engine) as connection:
-        for row in connection.execute(query.execution_options(yield_per=1000)):
-            not_after = _utc(row.not_after)
-            status = Status.REVOKED if row.revoked is not None else (
-                Status.EXPIRED if not_after <= now else Status.VALID)
-            yield ListedCertificate(
-                serial=row.serial, name=row.name, kind=row.kind, owner=row.owner, status=status,
-                not_after=not_after, sans=_texts(row.sans), roles=_texts(row.roles),
-                superseded_by=row.superseded_by,
-            )
+        # By partition, each row unpacked: iterating a result row by row, and reading each
+        # column by name, cost more than decoding the row.
+        for rows in connection.execute(query.execution_options(yield_per=1000)).partitions():
+            for serial, name, kind, owner, stored_not_after, sans, roles, revoked, superseded_by in rows:
+                not_after = _utc(stored_not_after)
+                status = Status.REVOKED if revoked is not None else (
+                    Status.EXPIRED if not_after <= now else Status.VALID)
+                yield ListedCertificate(
+                    serial=serial, name=name, kind=kind, owner=owner, status=status, not_after=not_after,
+                    sans=_texts(sans), roles=_texts(roles), superseded_by=superseded_by,
+                )
 
 
 def iter_certificates_json(engine: Engine, wanted: ListFilter, *, now: datetime) -> Iterator[str]:
@@ -123,7 +126,7 @@ def iter_certificates_json(engine: Engine, wanted: ListFilter, *, now: datetime)
     quote = _json_string
     rows: Any  # partitions of rows of text columns, untyped
     with read_transaction(engine) as connection:
-        # By partition: iterating a result row by row cost a fifth of the listing.
+        # By partition, each row unpacked: as in `iter_certificates`.
         for rows in connection.execute(query.execution_options(yield_per=1000)).partitions():
             for serial, name, kind, owner, status_text, not_after, sans, roles, superseded_by in rows:
                 # Stored as "YYYY-MM-DD HH:MM:SS.ffffff"; iso_utc drops a zero fraction, as here.
@@ -281,6 +284,11 @@ def _texts(value: str | list[str]) -> tuple[str, ...]:
 @functools.lru_cache(maxsize=4096)
 def _decoded(text: str) -> tuple[str, ...]:
     # Cached: roles, and the names of renewed certificates, repeat from row to row.
+    if text == "[]":
+        return ()
+    inner = _plain_inner(text)
+    if inner is not None:  # as json.dumps wrote it: split as text
+        return tuple(inner.split('", "'))
     try:
         return _checked(json.loads(text))
     except ValueError:
@@ -362,10 +370,11 @@ def list_expiring(engine: Engine, *, now: datetime, within: timedelta) -> list[L
         now=now, within=within,
     )
     with read_transaction(engine) as connection:
-        return [
-            ListedCertificate(
-                serial=row.serial, name=row.name, kind=row.kind, owner=row.owner, status=Status.VALID,
-                not_after=_utc(row.not_after), sans=_texts(row.sans), roles=_texts(row.roles),
-            )
-            for row in connection.execute(query)
-        ]
+        rows: Any = connection.execute(query).all()  # rows of text columns, untyped
+    return [
+        ListedCertificate(
+            serial=serial, name=name, kind=kind, owner=owner, status=Status.VALID,
+            not_after=_utc(not_after), sans=_texts(sans), roles=_texts(roles),
+        )
+        for serial, name, kind, owner, not_after, sans, roles in rows
+    ]
