@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, Row, func, insert, select
 from sqlalchemy.orm import Session
 
 from mcp_pki.errors import PkiError
@@ -47,8 +47,9 @@ from mcp_pki.services.issuance import (
 )
 from mcp_pki.services.revocation import RevokedCertificate, _Change, _change_and_publish
 from mcp_pki.services.roster import Roster, RosterEntry, roster_error
-from mcp_pki.store.db import open_inventory, read_session, write_session
+from mcp_pki.store.db import connection_of, open_inventory, read_session, write_session
 from mcp_pki.store.models import AuditRecord, Certificate, CrlPublication, Revocation
+from mcp_pki.store.tables import certificates, revocations
 
 # Rows per write transaction: large enough that commits (fsync-ed) cost little per
 # certificate, small enough that a crash loses little work and writers wait briefly.
@@ -396,7 +397,7 @@ def _sign_batch(
             revoked_meanwhile = set(session.scalars(
                 select(Revocation.certificate_id).where(Revocation.certificate_id.in_(renewed_ids))
             )) if renewed_ids else set()
-            chain = _AuditChain(session, now)
+            chain = audit.AuditChain(session, now=now)
             for item in signed:
                 # Offboarding wins over a roster that still lists the teammate, and over a
                 # renewal planned before the certificate was revoked.
@@ -412,17 +413,14 @@ def _sign_batch(
                 session.add(item.row)
                 committed.append(item)
             for number, item in enumerate(committed, start=1):
-                action = "renew" if item.step.renews else "issue"
-                if number < len(committed):
-                    chain.append(action=action, target_serial=item.row.serial, target_name=item.row.name,
-                                 details=item.details)
-                else:
-                    # The batch's last record goes through the audit module, which signs the
-                    # chain's new head with the issuing CA key (a checkpoint).
-                    audit.append_record(
-                        session, now=now, action=action, target_serial=item.row.serial,
-                        target_name=item.row.name, details=item.details, signer=context.issuer,
-                    )
+                # The batch's last record is followed by a checkpoint: the issuing CA key signs
+                # the chain's new head.
+                chain.append(
+                    action="renew" if item.step.renews else "issue", target_serial=item.row.serial,
+                    target_name=item.row.name, details=item.details,
+                    signer=context.issuer if number == len(committed) else None,
+                )
+            chain.write()
     except BaseException:
         for item in signed:
             item.files.abandon()
@@ -435,33 +433,6 @@ def _sign_batch(
     )
     order = {id(s): i for i, s in enumerate(steps)}
     return sorted(outcomes, key=lambda o: order.get(id(o.step), 0))
-
-
-class _AuditChain:
-    """Audit records for a batch, chained in memory.
-
-    `audit.append_record` reads the chain's head from the database, which makes the session
-    flush every pending row first: a thousand records would cost a thousand flushes. The
-    head is read once here and each record chained to the one before, as append_record does.
-    """
-
-    def __init__(self, session: Session, now: datetime) -> None:
-        last = session.execute(
-            select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)
-        ).first()
-        self._seq: int = last.seq if last else 0
-        self._hash: str = last.hash if last else audit.GENESIS_HASH
-        self._session, self._now, self._operator = session, now, audit.current_operator()
-
-    def append(self, *, action: str, target_serial: str, target_name: str, details: dict[str, object]) -> None:
-        record = AuditRecord(
-            seq=self._seq + 1, at=self._now, operator=self._operator, action=action,
-            target_serial=target_serial, target_name=target_name, outcome="success",
-            details=details, prev_hash=self._hash,
-        )
-        record.hash = audit.record_hash(record)
-        self._session.add(record)
-        self._seq, self._hash = record.seq, record.hash
 
 
 def _sign(step: Step, context: _SigningContext, out_root: Path, now: datetime) -> _Signed:
@@ -523,6 +494,18 @@ def _offboarded_since(session: Session, mark: int, owners: set[str | None]) -> s
     ))
 
 
+def _still_valid(connection: Connection, ids: list[int]) -> dict[int, Row[Any]]:
+    """Of the certificates `ids`, those not revoked: id, serial, name and kind, by id."""
+    found: dict[int, Row[Any]] = {}
+    for start in range(0, len(ids), 500):  # within any backend's limit on bound parameters
+        found.update((row.id, row) for row in connection.execute(
+            select(certificates.c.id, certificates.c.serial, certificates.c.name, certificates.c.kind)
+            .outerjoin(revocations, revocations.c.certificate_id == certificates.c.id)
+            .where(certificates.c.id.in_(ids[start:start + 500]), revocations.c.certificate_id.is_(None))
+        ))
+    return found
+
+
 def _revoke_and_publish(
     home: Home, steps: list[Step], plan: Plan, result: ApplyResult, *, passphrase: PassphraseSource,
     now: datetime, on_done: Callable[[Outcome], None],
@@ -531,19 +514,21 @@ def _revoke_and_publish(
     done: list[Outcome] = []
 
     def change(session: Session) -> _Change:
+        # Read and written in bulk: a renewal of thousands revokes thousands.
+        connection = connection_of(session)
+        held = _still_valid(connection, [h.id for step in steps for h in step.revokes])
+        chain = audit.AuditChain(connection, now=now)
+        rows: list[dict[str, Any]] = []
         revoked_all: list[RevokedCertificate] = []
         for step in steps:
             revoked_here = []
-            for held in step.revokes:
-                certificate = session.get(Certificate, held.id)
-                if certificate is None or certificate.revocation is not None:
+            for certificate in (held.pop(h.id, None) for h in step.revokes):
+                if certificate is None:
                     continue  # revoked meanwhile (offboarded, say): nothing left to do
-                session.add(Revocation(**new_revocation(
-                    certificate.id, certificate.serial, reason=step.reason, invalidity_date=None, now=now,
-                )))
-                audit.append_record(
-                    session, now=now, action="revoke", target_serial=certificate.serial,
-                    target_name=certificate.name,
+                rows.append(new_revocation(certificate.id, certificate.serial, reason=step.reason,
+                                           invalidity_date=None, now=now))
+                chain.append(
+                    action="revoke", target_serial=certificate.serial, target_name=certificate.name,
                     details={"reason": step.reason.value if step.reason else "unspecified", "by": "apply"},
                 )
                 revoked_all.append(RevokedCertificate(
@@ -553,6 +538,9 @@ def _revoke_and_publish(
             if step.action is Action.REVOKE:
                 done.append(Outcome(step, revoked=tuple(revoked_here),
                                     skipped=None if revoked_here else "already revoked"))
+        if rows:
+            connection.execute(insert(revocations), rows)
+        chain.write()
         return _Change(revoked_all, "apply", {"revoked_serials": [r.serial for r in revoked_all]})
 
     published = _change_and_publish(home, passphrase=passphrase, now=now, change=change)

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, contains_eager
 
 from mcp_pki.errors import Conflict, InvalidInput, PolicyViolation
 from mcp_pki.pki import keys, profiles
@@ -146,7 +146,10 @@ def _same_key_type(old: Certificate) -> keys.KeyType:
 
 def expiring_unreplaced(session: Session, *, now: datetime, within: timedelta) -> list[Certificate]:
     """Valid certificates expiring within the window that no valid renewal replaces yet."""
-    return list(session.scalars(listing.expiring_unreplaced(select(Certificate), now=now, within=within)))
+    # None of them is revoked: the revocation is loaded with them (as None), which saves a
+    # query per certificate when it is asked for.
+    query = select(Certificate).options(contains_eager(Certificate.revocation))
+    return list(session.scalars(listing.expiring_unreplaced(query, now=now, within=within)))
 
 
 @dataclass(frozen=True, slots=True)
