@@ -148,10 +148,10 @@ def _plain_inner(stored: str) -> str | None:
     """The inside of a stored list of names as json.dumps writes it ('["a", "b"]' gives
     'a", "b'), when nothing in it is escaped or unprintable: such a list is split or copied
     as text. None for anything else, which is decoded (and refused when corrupt)."""
-    if (len(stored) >= 4 and stored.startswith('["') and stored.endswith('"]') and "\\" not in stored
-            and stored.isprintable()):
+    if stored[:2] == '["' and stored[-2:] == '"]' and len(stored) >= 4 and "\\" not in stored and stored.isprintable():
         inner = stored[2:-2]
-        if '"' not in inner.replace('", "', ""):
+        # The usual list holds one name; a quote in a longer one must be a separator.
+        if '"' not in inner or '"' not in inner.replace('", "', ""):
             return inner
     return None
 
