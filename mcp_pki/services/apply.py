@@ -40,9 +40,10 @@ from mcp_pki.services.home import Home
 from mcp_pki.services.issuance import (
     LeafRequest,
     _certificate_row,
-    _check_name_constraints,
     _organisation,
     audit_mark,
+    chain_constraints,
+    check_constraints,
     check_limits,
 )
 from mcp_pki.services.revocation import RevokedCertificate, _Change, _change_and_publish
@@ -158,13 +159,13 @@ def plan_roster(
     """What `apply` would do, read in one transaction; refuses (listing every problem) a
     roster entry this CA may not sign."""
     with read_session(engine) as session, session.begin():
-        chain = signing_chain(session)
+        constraints = chain_constraints(signing_chain(session))
         problems = []
         for entry in roster.entries:
             request = _request(entry)
             try:
                 check_limits(request)
-                _check_name_constraints(chain, request)
+                check_constraints(constraints, request)
             except PkiError as exc:
                 problems.append(f"{entry.position}: {exc}")
         if problems:

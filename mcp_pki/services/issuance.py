@@ -92,7 +92,7 @@ def issue_leaf(
     try:
         with read_transaction(engine) as connection:
             chain = signing_chain(connection)
-            _check_name_constraints(chain, request)
+            check_constraints(chain_constraints(chain), request)
             issuers = unlocked or (unlock_all(connection, passphrase, now=now) if supersedes else {})
         issuer = issuers.get(chain.signer.id) or unlock(chain.signer, passphrase, now=now)
         private_key = None if request.csr else keys.generate_private_key(request.key_type)
@@ -242,17 +242,23 @@ def _revoke_superseded(
     )
 
 
-def _check_name_constraints(chain: Chain, request: LeafRequest) -> None:
-    """Refuse before signing what any CA of the chain may not sign: the constraints in the CA
-    certificates themselves, so that we enforce exactly what relying parties enforce."""
+def chain_constraints(chain: Chain) -> list[x509.NameConstraints]:
+    """The name constraints in the chain's CA certificates: what relying parties enforce."""
+    found = []
     for authority in chain.authorities:
         try:
-            constraints = from_pem(authority.certificate_pem).extensions.get_extension_for_class(
+            found.append(from_pem(authority.certificate_pem).extensions.get_extension_for_class(
                 x509.NameConstraints
-            )
+            ).value)
         except x509.ExtensionNotFound:
             continue
-        check_name_constraints(request.sans, constraints.value, common_name=request.name)
+    return found
+
+
+def check_constraints(constraints: list[x509.NameConstraints], request: LeafRequest) -> None:
+    """Refuse before signing what any CA of the chain may not sign (see `chain_constraints`)."""
+    for constraint in constraints:
+        check_name_constraints(request.sans, constraint, common_name=request.name)
 
 
 def _check_request(request: LeafRequest, output: OutputRequest) -> None:
