@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from tests.conftest import PASSPHRASE, VENV_BIN, Cli
 
 ROUNDS = 6
-PEOPLE = 30
+PEOPLE = 120
 
 
 def variant(round_number: int) -> str:
@@ -48,7 +48,7 @@ def test_apply_killed_at_random_points_is_completed_by_the_next_run(ca: Cli) -> 
     for round_number in range(ROUNDS):
         roster.write_text(variant(round_number))
         process = start_apply(ca, roster)
-        time.sleep(chance.uniform(0.3, 2.0))
+        time.sleep(chance.uniform(0.2, 1.2))
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             killed += 1

@@ -21,11 +21,10 @@ from datetime import datetime, timedelta
 from enum import Enum
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import Connection, Engine, Row, func, insert, select
-from sqlalchemy.orm import Session
 
 from mcp_pki.errors import PkiError
 from mcp_pki.pki import keys, profiles
@@ -46,11 +45,12 @@ from mcp_pki.services.issuance import (
     check_constraints,
     check_limits,
 )
-from mcp_pki.services.revocation import RevokedCertificate, _Change, _change_and_publish
 from mcp_pki.services.roster import Roster, RosterEntry, roster_error
-from mcp_pki.store.db import connection_of, open_inventory, read_session, write_session
-from mcp_pki.store.models import AuditRecord, Certificate, CrlPublication, Revocation
-from mcp_pki.store.tables import certificates, revocations
+from mcp_pki.store.db import connection_of, open_inventory, read_transaction, write_transaction
+from mcp_pki.store.tables import audit_log, certificates, crl_publications, revocations
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 # Rows per write transaction: large enough that commits (fsync-ed) cost little per
 # certificate, small enough that a crash loses little work and writers wait briefly.
@@ -158,8 +158,8 @@ def plan_roster(
 ) -> Plan:
     """What `apply` would do, read in one transaction; refuses (listing every problem) a
     roster entry this CA may not sign."""
-    with read_session(engine) as session, session.begin():
-        constraints = chain_constraints(signing_chain(session))
+    with read_transaction(engine) as connection:
+        constraints = chain_constraints(signing_chain(connection))
         problems = []
         for entry in roster.entries:
             request = _request(entry)
@@ -170,12 +170,12 @@ def plan_roster(
                 problems.append(f"{entry.position}: {exc}")
         if problems:
             raise roster_error(roster.source, problems)
-        run_began = audit_mark(session)
+        run_began = audit_mark(connection)
         held: dict[tuple[CertificateKind, str], list[_Row]] = {}
-        for row in _valid_rows(session, now):
+        for row in _valid_rows(connection, now):
             held.setdefault((row.held.kind, row.held.name), []).append(row)
         wanted = {(e.kind, e.name) for e in roster.entries}
-        pems = _Pems(session, [r.held.id for key, rows in held.items() if key in wanted for r in rows])
+        pems = _Pems(connection, [r.held.id for key, rows in held.items() if key in wanted for r in rows])
         steps: list[Step] = []
         unchanged = 0
         for entry in roster.entries:
@@ -191,24 +191,25 @@ def plan_roster(
                     Action.REVOKE, one.kind, one.name, "not in roster", revokes=(one,),
                     reason=_PRUNE_REASON[one.kind],
                 ))
-        republish = _crl_file_behind(session, crl_file)
+        republish = _crl_file_behind(connection, crl_file)
     return Plan(tuple(steps), unchanged, () if prune else tuple(leftovers), republish, run_began)
 
 
-def _valid_rows(session: Session, now: datetime) -> Iterator[_Row]:
+def _valid_rows(connection: Connection, now: datetime) -> Iterator[_Row]:
+    c = certificates.c
     query = (
-        select(Certificate.id, Certificate.serial, Certificate.kind, Certificate.name, Certificate.owner,
-               Certificate.not_after, Certificate.sans, Certificate.roles, Certificate.key_type,
-               Certificate.from_csr, Certificate.files_dir, Certificate.renews_id)
-        .outerjoin(Revocation, Revocation.certificate_id == Certificate.id)
-        .where(Revocation.certificate_id.is_(None), Certificate.not_after > now)
+        select(c.id, c.serial, c.kind, c.name, c.owner, c.not_after, c.sans, c.roles, c.key_type, c.from_csr,
+               c.files_dir, c.renews_id)
+        .outerjoin(revocations, revocations.c.certificate_id == c.id)
+        .where(revocations.c.certificate_id.is_(None), c.not_after > now)
         # Newest first: the newest certificate that matches the roster is the current one.
-        .order_by(Certificate.not_before.desc(), Certificate.id.desc())
+        .order_by(c.not_before.desc(), c.id.desc())
     )
-    for r in session.execute(query):
+    rows: Any = connection.execute(query).all()  # unpacked: reading columns by name costs more
+    for id_, serial, kind, name, owner, not_after, sans, roles, key_type, from_csr, files_dir, renews_id in rows:
         yield _Row(
-            Held(r.id, r.serial, CertificateKind(r.kind), r.name, r.owner, r.not_after),
-            frozenset(r.sans), frozenset(r.roles), r.key_type, r.from_csr, r.files_dir, r.renews_id,
+            Held(id_, serial, CertificateKind(kind), name, owner, not_after),
+            frozenset(sans), frozenset(roles), key_type, from_csr, files_dir, renews_id,
         )
 
 
@@ -217,13 +218,13 @@ class _Pems:
 
     _CHUNK = 500
 
-    def __init__(self, session: Session, ids: list[int]) -> None:
+    def __init__(self, connection: Connection, ids: list[int]) -> None:
         self._pems: dict[int, str] = {}
-        connection = session.connection()
         for start in range(0, len(ids), self._CHUNK):
             chunk = ids[start:start + self._CHUNK]
-            query = select(Certificate.id, Certificate.certificate_pem).where(Certificate.id.in_(chunk))
-            self._pems.update((row.id, row.certificate_pem) for row in connection.execute(query))
+            query = select(certificates.c.id, certificates.c.certificate_pem).where(certificates.c.id.in_(chunk))
+            rows: Any = connection.execute(query).all()
+            self._pems.update(rows)
 
     def __call__(self, certificate_id: int) -> str:
         return self._pems.get(certificate_id, "")
@@ -304,8 +305,8 @@ def _files_missing(current: _Row, pems: _Pems, out_root: Path) -> str | None:
     return None
 
 
-def _crl_file_behind(session: Session, crl_file: Path) -> bool:
-    recorded = session.scalar(select(func.max(CrlPublication.number))) or 0
+def _crl_file_behind(connection: Connection, crl_file: Path) -> bool:
+    recorded = connection.scalar(select(func.max(crl_publications.c.number))) or 0
     try:
         published = max((crl_number(c) or 0 for c in load_crls(crl_file.read_bytes())), default=0)
     except (OSError, PkiError):
@@ -327,7 +328,7 @@ def _request(entry: RosterEntry, *, renews_id: int | None = None) -> LeafRequest
 class _Signed:
     step: Step
     request: LeafRequest
-    row: Certificate
+    row: dict[str, Any]  # the certificate's row, as inserted
     details: dict[str, object]
     files: OutputFiles
     folder: Path
@@ -350,8 +351,8 @@ def apply_plan(
     try:
         signing = [s for s in plan.steps if s.signs]
         if signing:
-            with read_session(engine) as session, session.begin():
-                chain = signing_chain(session)
+            with read_transaction(engine) as connection:
+                chain = signing_chain(connection)
                 issuer = unlock(chain.signer, passphrase, now=now)
                 intermediates = [from_pem(a.certificate_pem) for a in chain.intermediates()]
                 root_pem, signer_id, signer_not_after = chain.root.certificate_pem, chain.signer.id, chain.signer.not_after
@@ -392,13 +393,13 @@ def _sign_batch(
     try:
         for item in signed:
             item.files.prepare(item.folder)
-        with write_session(engine) as session, session.begin():
-            offboarded = _offboarded_since(session, plan.audit_mark, {s.request.owner for s in signed})
+        with write_transaction(engine) as connection:
+            offboarded = _offboarded_since(connection, plan.audit_mark, {s.request.owner for s in signed})
             renewed_ids = [s.step.renews.id for s in signed if s.step.renews is not None]
-            revoked_meanwhile = set(session.scalars(
-                select(Revocation.certificate_id).where(Revocation.certificate_id.in_(renewed_ids))
+            revoked_meanwhile: set[int] = set(connection.scalars(
+                select(revocations.c.certificate_id).where(revocations.c.certificate_id.in_(renewed_ids))
             )) if renewed_ids else set()
-            chain = audit.AuditChain(session, now=now)
+            chain = audit.AuditChain(connection, now=now)
             for item in signed:
                 # Offboarding wins over a roster that still lists the teammate, and over a
                 # renewal planned before the certificate was revoked.
@@ -411,14 +412,15 @@ def _sign_batch(
                     item.files.abandon()  # the folders it created for nothing
                     outcomes.append(Outcome(item.step, skipped=why))
                     continue
-                session.add(item.row)
                 committed.append(item)
+            if committed:
+                connection.execute(insert(certificates), [item.row for item in committed])
             for number, item in enumerate(committed, start=1):
                 # The batch's last record is followed by a checkpoint: the issuing CA key signs
                 # the chain's new head.
                 chain.append(
-                    action="renew" if item.step.renews else "issue", target_serial=item.row.serial,
-                    target_name=item.row.name, details=item.details,
+                    action="renew" if item.step.renews else "issue", target_serial=item.row["serial"],
+                    target_name=item.row["name"], details=item.details,
                     signer=context.issuer if number == len(committed) else None,
                 )
             chain.write()
@@ -429,7 +431,7 @@ def _sign_batch(
     with ThreadPoolExecutor(_WRITER_THREADS) as pool:
         written = list(pool.map(partial(_write_files, replace=replace_files), committed))
     outcomes.extend(
-        Outcome(item.step, serial=item.row.serial, files=tuple(paths), facts=item.facts)
+        Outcome(item.step, serial=item.row["serial"], files=tuple(paths), facts=item.facts)
         for item, paths in zip(committed, written, strict=True)
     )
     order = {id(s): i for i, s in enumerate(steps)}
@@ -470,7 +472,7 @@ def _sign(step: Step, context: _SigningContext, out_root: Path, now: datetime) -
         details["renews"] = step.renews.serial
     if step.action is Action.REPLACE:
         details["replaces"] = [h.serial for h in step.revokes]
-    row = Certificate(**_certificate_row(request, certificate, leaf, context.signer_id, folder, now))
+    row = _certificate_row(request, certificate, leaf, context.signer_id, folder, now)
     return _Signed(step, request, row, details, files, folder, leaf)
 
 
@@ -484,13 +486,13 @@ def _write_files(item: _Signed, *, replace: bool) -> list[Path]:
     return written
 
 
-def _offboarded_since(session: Session, mark: int, owners: set[str | None]) -> set[str]:
+def _offboarded_since(connection: Connection, mark: int, owners: set[str | None]) -> set[str]:
     names = [o for o in owners if o is not None]
     if not names:
         return set()
-    return set(session.scalars(
-        select(AuditRecord.target_name).where(
-            AuditRecord.seq > mark, AuditRecord.action == "offboard", AuditRecord.target_name.in_(names),
+    return set(connection.scalars(
+        select(audit_log.c.target_name).where(
+            audit_log.c.seq > mark, audit_log.c.action == "offboard", audit_log.c.target_name.in_(names),
         )
     ))
 
@@ -512,9 +514,13 @@ def _revoke_and_publish(
     now: datetime, on_done: Callable[[Outcome], None],
 ) -> None:
     """Every revocation of the run, one audit record each, and one CRL publication."""
+    # Revocation works on ORM objects: imported only by the runs that revoke, so that a run
+    # with nothing to do starts without the ORM.
+    from mcp_pki.services.revocation import RevokedCertificate, _Change, _change_and_publish
+
     done: list[Outcome] = []
 
-    def change(session: Session) -> _Change:
+    def change(session: "Session") -> _Change:
         # Read and written in bulk: a renewal of thousands revokes thousands.
         connection = connection_of(session)
         held = _still_valid(connection, [h.id for step in steps for h in step.revokes])
