@@ -112,13 +112,9 @@ def iter_certificates_json(engine: Engine, wanted: ListFilter, *, now: datetime)
             yield json.dumps(listed.as_json())
         return
     renewals = _valid_renewals(now)
-    status = case(
-        (revocations.c.certificate_id.is_not(None), literal("revoked")),
-        (certificates.c.not_after <= now, literal("expired")),
-        else_=literal("valid"),
-    )
     query = _listing(
-        select(certificates.c.serial, certificates.c.name, certificates.c.kind, certificates.c.owner, status,
+        select(certificates.c.serial, certificates.c.name, certificates.c.kind, certificates.c.owner,
+               _status(now),
                type_coerce(certificates.c.not_after, String), type_coerce(certificates.c.sans, String),
                type_coerce(certificates.c.roles, String), renewals.c.serial),
         wanted, renewals, now,
@@ -198,17 +194,11 @@ def iter_table_rows(engine: Engine, wanted: ListFilter, *, now: datetime, serial
                            f"{listed.not_after:%Y-%m-%d %H:%M}", names)
         return
     renewals = _valid_renewals(now)
-    shown_status = case(
-        (revocations.c.certificate_id.is_not(None), literal("revoked")),
-        (certificates.c.not_after <= now, literal("expired")),
-        (renewals.c.serial.is_not(None), literal("superseded")),
-        else_=literal("valid"),
-    )
     # "!": widths in characters, not bytes, as Python counts them.
     head = func.printf("%!-*.*s  %!-6s  %!-20s  ", serial_width, serial_width,
                        certificates.c.serial, certificates.c.kind, certificates.c.name)
     query = _listing(
-        select(head, shown_status, func.substr(type_coerce(certificates.c.not_after, String), 1, 16),
+        select(head, _status(now, renewals), func.substr(type_coerce(certificates.c.not_after, String), 1, 16),
                type_coerce(certificates.c.sans, String), type_coerce(certificates.c.roles, String)),
         wanted, renewals, now,
     )
@@ -301,6 +291,18 @@ def _checked(items: object) -> tuple[str, ...]:
     if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
         raise InventoryError("the inventory is corrupt: a stored list of names or roles is not a list of strings")
     return tuple(items)
+
+
+def _status(now: datetime, renewals: Subquery | None = None) -> Any:
+    """SQL: a listed certificate's status (revoked, expired, valid), or "superseded" for a
+    valid one that one of `renewals` renews, when given."""
+    superseded = () if renewals is None else ((renewals.c.serial.is_not(None), literal("superseded")),)
+    return case(
+        (revocations.c.certificate_id.is_not(None), literal("revoked")),
+        (certificates.c.not_after <= now, literal("expired")),
+        *superseded,
+        else_=literal("valid"),
+    )
 
 
 def _valid_renewals(now: datetime) -> Subquery:
