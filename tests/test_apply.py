@@ -173,6 +173,42 @@ def test_a_roster_entry_with_a_csr_keeps_the_requesters_key(ca: Cli) -> None:
     assert "nothing to do" in ca.ok("apply", "roster/team.yaml", "--out-root", "out").stderr
 
 
+def test_a_csr_entry_signed_into_the_requesters_folder_leaves_their_key_in_place(ca: Cli) -> None:
+    """`mcp-pki request carol` writes carol/tls.key and carol/carol.csr; applying a roster
+    that names that CSR writes tls.crt beside the key and must never remove it. A key of
+    another certificate (the one a roster entry used to generate) is removed as stale."""
+    ca.ok("request", "carol")
+    ca.ok("request", "dave", "--out", "requests/dave")
+    (ca.cwd / "team.yaml").write_text(roster([
+        {"name": "carol", "roles": ["ops"], "csr": "carol/carol.csr"},
+        {"name": "dave", "roles": ["ops"]},
+    ]))
+    carol_key = (ca.cwd / "carol" / "tls.key").read_bytes()
+    ca.ok("apply", "team.yaml")
+    assert (ca.cwd / "carol" / "tls.key").read_bytes() == carol_key
+    assert leaf(ca.cwd / "carol").public_key() == serialization.load_pem_private_key(carol_key, None).public_key()
+    # dave switches to his own key: the roster now names his CSR, signed into his old folder.
+    generated = (ca.cwd / "dave" / "tls.key").read_bytes()
+    (ca.cwd / "team.yaml").write_text(roster([
+        {"name": "carol", "roles": ["ops", "admin"], "csr": "carol/carol.csr"},
+        {"name": "dave", "roles": ["ops"], "csr": "requests/dave/dave.csr"},
+    ]))
+    ca.ok("apply", "team.yaml")
+    assert (ca.cwd / "carol" / "tls.key").read_bytes() == carol_key  # replaced for a role, key kept
+    assert "admin" in str(leaf(ca.cwd / "carol").subject)
+    assert not (ca.cwd / "dave" / "tls.key").exists(), "the generated key no longer pairs with tls.crt"
+    assert generated != (ca.cwd / "requests" / "dave" / "tls.key").read_bytes()
+    assert "nothing to do" in ca.ok("apply", "team.yaml").stderr
+
+
+def test_issue_force_from_a_csr_keeps_the_requesters_key_beside_it(ca: Cli) -> None:
+    ca.ok("request", "erin")
+    key = (ca.cwd / "erin" / "tls.key").read_bytes()
+    ca.ok("issue", "client", "erin", "--csr", "erin/erin.csr", "--out", "erin")
+    ca.ok("issue", "client", "erin", "--csr", "erin/erin.csr", "--out", "erin", "--force", "--role", "ops")
+    assert (ca.cwd / "erin" / "tls.key").read_bytes() == key
+
+
 def test_an_interrupted_run_is_completed_by_the_next_one(ca: Cli) -> None:
     """A certificate recorded but whose files never reached its folder (the run was killed
     after the commit) is replaced; an old certificate left valid beside its replacement is

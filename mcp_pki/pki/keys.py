@@ -72,6 +72,12 @@ def describe_public_key(key: CertificatePublicKeyTypes) -> str:
     return type(key).__name__
 
 
+def same_public_key(a: CertificatePublicKeyTypes, b: CertificatePublicKeyTypes) -> bool:
+    """Whether two public keys are the same key (compared as SubjectPublicKeyInfo)."""
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    return bool(a.public_bytes(*spki) == b.public_bytes(*spki))
+
+
 def check_public_key_strength(key: CertificatePublicKeyTypes) -> None:
     """Refuse keys weaker than our profiles allow (from CSRs, which we do not generate)."""
     if isinstance(key, rsa.RSAPublicKey):

@@ -23,7 +23,6 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives import serialization
 from sqlalchemy import Connection, Engine, Row, func, insert, select
 
 from mcp_pki.errors import PkiError
@@ -44,6 +43,7 @@ from mcp_pki.services.issuance import (
     chain_constraints,
     check_constraints,
     check_limits,
+    remove_stale_files,
 )
 from mcp_pki.services.roster import Roster, RosterEntry, roster_error
 from mcp_pki.store.db import connection_of, open_inventory, read_transaction, write_transaction
@@ -285,8 +285,7 @@ def _difference(entry: RosterEntry, row: _Row, pems: _Pems) -> str | None:
 
 
 def _same_key(certificate_pem: str, public_key: Any) -> bool:
-    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    return bool(from_pem(certificate_pem).public_key().public_bytes(*spki) == public_key.public_bytes(*spki))
+    return keys.same_public_key(from_pem(certificate_pem).public_key(), public_key)
 
 
 def _files_missing(current: _Row, pems: _Pems, out_root: Path) -> str | None:
@@ -478,11 +477,8 @@ def _sign(step: Step, context: _SigningContext, out_root: Path, now: datetime) -
 
 def _write_files(item: _Signed, *, replace: bool) -> list[Path]:
     written = item.files.write(replace=replace)
-    # Files of the certificate this one replaces that it does not have itself (a key, when
-    # the new one came from a CSR; a PKCS#12 bundle) would pair with the wrong certificate.
-    for stale in (item.folder / "tls.key", item.folder / "tls.p12"):
-        if stale not in written and (stale.exists() or stale.is_symlink()):
-            stale.unlink()
+    entry = item.step.entry
+    remove_stale_files(item.folder, written, key_of_certificate=entry.csr.public_key if entry and entry.csr else None)
     return written
 
 

@@ -173,12 +173,9 @@ def issue_leaf(
 
     warnings = []
     if output.force:
-        # Files of the replaced certificate that this one does not have (its key, when the
-        # new one came from a CSR; its bundle, without --p12) would pair with the wrong key.
-        for stale in (output.folder / "tls.key", output.folder / "tls.p12"):
-            if stale not in written and (stale.exists() or stale.is_symlink()):
-                stale.unlink()
-                warnings.append(f"removed {stale}, which belonged to the replaced certificate")
+        kept_key = request.csr.public_key if request.csr else None
+        for stale in remove_stale_files(output.folder, written, key_of_certificate=kept_key):
+            warnings.append(f"removed {stale}, which belonged to the replaced certificate")
     if validity.capped_by:
         warnings.append(
             f"validity shortened to end {validity.not_after:%Y-%m-%d %H:%M} UTC by {validity.capped_by}"
@@ -191,6 +188,35 @@ def issue_leaf(
                 + ", ".join(ignored)
             )
     return IssuedLeaf(request.kind, request.name, request.owner, leaf_facts, written, warnings)
+
+
+def remove_stale_files(folder: Path, written: list[Path], *, key_of_certificate: Any) -> list[Path]:
+    """Remove what a replaced certificate left in `folder` that the new one did not write:
+    its PKCS#12 bundle, and a ``tls.key`` of another key, which would pair with the wrong
+    certificate. A ``tls.key`` holding `key_of_certificate` (the requester's own key, when
+    the new certificate was signed from their CSR) is theirs and stays, and so does one we
+    cannot read (encrypted, say): a private key is removed only when shown to be stale."""
+    removed = []
+    for stale in (folder / "tls.key", folder / "tls.p12"):
+        if stale in written or not (stale.exists() or stale.is_symlink()):
+            continue
+        if stale.name == "tls.key" and not _holds_another_key(stale, key_of_certificate):
+            continue
+        stale.unlink()
+        removed.append(stale)
+    return removed
+
+
+def _holds_another_key(key_file: Path, public_key: Any) -> bool:
+    if public_key is None:
+        return True  # the new certificate's key was written: whatever else is there is stale
+    from mcp_pki.pki.bundles import load_private_key
+
+    try:
+        held = load_private_key(key_file.read_bytes()).public_key()
+    except (OSError, InvalidInput):
+        return False
+    return not keys.same_public_key(held, public_key)
 
 
 def audit_mark(db: "Connection | Session") -> int:

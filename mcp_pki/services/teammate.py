@@ -23,7 +23,7 @@ from mcp_pki.errors import InvalidInput, PkiError
 from mcp_pki.pki.crl import load_crls
 from mcp_pki.pki.csr import build_request
 from mcp_pki.pki.inspect import facts, load_pem_certificates
-from mcp_pki.pki.keys import KeyType, generate_private_key, private_key_pem
+from mcp_pki.pki.keys import KeyType, generate_private_key, private_key_pem, same_public_key
 from mcp_pki.pki.names import validate_email, validate_name
 from mcp_pki.render import CertificateView
 from mcp_pki.services.files import PRIVATE, PUBLIC, OutputFiles, refuse_existing
@@ -322,8 +322,7 @@ def _check_key(leaf: x509.Certificate, key_pem: bytes, key_file: Path) -> None:
         key = load_private_key(key_pem)
     except InvalidInput as exc:
         raise BundleRefused(f"{key_file}: {exc}") from None
-    public = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    if key.public_key().public_bytes(*public) != leaf.public_key().public_bytes(*public):
+    if not same_public_key(key.public_key(), leaf.public_key()):
         raise BundleRefused(
             f"the bundle's certificate does not match {key_file}: it was signed for another key "
             "(another request, or another teammate's bundle)"
