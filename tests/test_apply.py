@@ -242,6 +242,12 @@ BAD_ROSTERS = [
       "clients[2] (line 5) carol: invalid duration", "has 3 problems"]),
     ("clients:\n  - name: dave\n    csr: missing.csr\n", ["cannot read CSR"]),
     ("", ["it is empty"]),
+    # An alias can make a few lines stand for an endless document, or a cyclic one.
+    ("clients: &c\n  - name: alice\n  - *c\n", ["line 3: alias *c refused"]),
+    ("a: &a [x, x, x, x, x, x, x, x, x]\n"
+     + "".join(f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi", strict=True))
+     + "clients: [{name: x, roles: *i}]\n", ["line 2: alias *a refused", "line 10: alias *i refused"]),
+    ("clients:\n  - name: dave\n    csr: /dev/zero\n", ["CSR /dev/zero is larger than 16 MiB"]),
 ]
 
 
@@ -253,6 +259,12 @@ def test_a_malformed_roster_is_one_error_listing_every_problem(ca: Cli, text: st
     assert_clean_error(result, fragments[0])
     for fragment in fragments[1:]:
         assert fragment in result.stderr, result.stderr
+    before.assert_unchanged()
+
+
+def test_a_roster_that_never_ends_is_refused_unread(ca: Cli) -> None:
+    before = Snapshot(ca)
+    assert_clean_error(ca("apply", "/dev/zero"), "roster /dev/zero is larger than 64 MiB")
     before.assert_unchanged()
 
 

@@ -52,11 +52,12 @@ def apply(
       mcp-pki apply team.yaml --out-root /srv/mcp-certs --prune
     """
     from mcp_pki.services.apply import apply_plan, plan_roster
+    from mcp_pki.services.files import MAX_ROSTER
     from mcp_pki.services.roster import parse_roster
     from mcp_pki.store.db import open_inventory
 
     path = Path(roster_file)
-    roster = parse_roster(read_file(roster_file, "roster"), source=str(path), base_dir=path.parent)
+    roster = parse_roster(read_file(roster_file, "roster", limit=MAX_ROSTER), source=str(path), base_dir=path.parent)
     within = parse_duration_option(renew_within)
     root = Path(out_root).absolute() if out_root else Path.cwd()
     home = settings.home()

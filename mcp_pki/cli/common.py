@@ -92,12 +92,11 @@ def read_secret(
     return secret
 
 
-def read_file(path: str, what: str) -> bytes:
-    """An input file the user named, or one clean error saying why it cannot be read."""
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {what} {path}: {exc.strerror}") from None
+def read_file(path: str, what: str, *, limit: int | None = None) -> bytes:
+    """An input file the user named (of bounded size), or one clean error saying why not."""
+    from mcp_pki.services.files import MAX_INPUT, read_input
+
+    return read_input(Path(path), what, limit=limit or MAX_INPUT)
 
 
 def now() -> datetime:

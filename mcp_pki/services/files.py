@@ -5,6 +5,9 @@ once the transaction has committed: a certificate is always in the inventory bef
 file holds it, and a crash leaves at most a recorded certificate without its files, never
 the reverse. Each file is written as a hidden temporary file in its destination folder
 (created 0600 when it holds a key, never chmod-ed afterwards), fsync-ed, then renamed.
+
+Input files the user names are read through `read_input`, which bounds their size: a
+roster or a CSR that is really /dev/zero is refused rather than read into memory.
 """
 
 import os
@@ -16,6 +19,21 @@ from mcp_pki.errors import Conflict, InvalidInput, PkiError
 
 PRIVATE = 0o600
 PUBLIC = 0o644
+# Far above any real certificate, key, CSR or bundle; a roster of 100,000 people is ~10 MB.
+MAX_INPUT = 16 * 1024 * 1024
+MAX_ROSTER = 64 * 1024 * 1024
+
+
+def read_input(path: Path, what: str, *, limit: int = MAX_INPUT) -> bytes:
+    """An input file the user named, or one clean error saying why it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {what} {path}: {exc.strerror}") from None
+    if len(data) > limit:
+        raise InvalidInput(f"{what} {path} is larger than {limit // (1024 * 1024)} MiB: refused")
+    return data
 
 
 class FilesNotWritten(PkiError):

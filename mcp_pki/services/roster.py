@@ -30,6 +30,8 @@ _ENTRY_KEYS = {
 _SECTION = {CertificateKind.SERVER: "servers", CertificateKind.CLIENT: "clients"}
 # More than this many problems are summarised: the first ones are what to fix first.
 _MAX_REPORTED = 20
+# A problem quotes the value at fault; a value of a megabyte is quoted by its beginning.
+_MAX_PROBLEM = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +75,8 @@ class _Problems:
 
 def roster_error(source: str, problems: list[str]) -> InvalidInput:
     """One error line naming every problem (the first twenty, and how many more)."""
-    shown = problems[:_MAX_REPORTED]
+    shown = [p if len(p) <= _MAX_PROBLEM else f"{p[:_MAX_PROBLEM]}... ({len(p)} characters)"
+             for p in problems[:_MAX_REPORTED]]
     more = f"; and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
     noun = "problem" if len(problems) == 1 else "problems"
     return InvalidInput(f"roster {source} has {len(problems)} {noun}: {'; '.join(shown)}{more}")
@@ -121,13 +124,18 @@ def _load(text: bytes, source: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
 
     libyaml's loader is used where available: a 10,000-entry roster then loads in a
     fraction of a second. Duplicate mapping keys, which YAML loaders silently collapse, are
-    refused here.
+    refused here, and so are aliases: a roster is a list of people, written out, and an
+    alias can make a small file stand for an endless (or cyclic) one.
     """
     import yaml
 
     loader_class = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        loader = loader_class(text.decode("utf-8"))
+        document_text = text.decode("utf-8")
+        aliases = _aliases(document_text, loader_class)
+        if aliases:
+            raise roster_error(source, aliases)
+        loader = loader_class(document_text)
         try:
             node = loader.get_single_node()
             duplicates = _duplicate_keys(node) if node is not None else []
@@ -146,6 +154,23 @@ def _load(text: bytes, source: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
     if document is None:
         raise roster_error(source, ["it is empty"])
     return document, _lines(node)
+
+
+def _aliases(text: str, loader_class: Any) -> list[str]:
+    """Where the roster uses an alias. A roster is a list of people written out; an alias
+    lets a few lines stand for an endless or cyclic document, so it is refused before the
+    document is composed. Only a roster with a ``*`` in it needs the extra parse."""
+    if "*" not in text:
+        return []
+    import yaml
+
+    found: dict[str, None] = {}  # in order, each line once
+    for event in yaml.parse(text, Loader=loader_class):
+        if isinstance(event, yaml.AliasEvent):
+            line = event.start_mark.line + 1 if event.start_mark else "?"
+            found[f"line {line}: alias *{event.anchor} refused (a roster cannot use anchors and aliases: "
+                  "write each entry out)"] = None
+    return list(found)
 
 
 def _duplicate_keys(node: Any) -> list[str]:
@@ -215,7 +240,7 @@ def _entry(
     before = len(problems.items)
     name = _text(item, "name", where, problems)
     if name is not None:
-        where = f"{where} {name}"
+        where = f"{where} {name if len(name) <= 64 else name[:64] + '...'}"
     known = _ENTRY_KEYS[kind]
     for key in sorted(set(item) - known, key=str):
         hint = _suggest(str(key), known)
@@ -265,11 +290,9 @@ def _entry(
 
 
 def _read_csr(path: Path) -> VerifiedRequest:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InvalidInput(f"cannot read CSR {path}: {exc.strerror}") from None
-    return load_csr(data)
+    from mcp_pki.services.files import read_input
+
+    return load_csr(read_input(path, "CSR"))
 
 
 def _text(mapping: dict[Any, Any], key: str, where: str, problems: _Problems) -> str | None:
