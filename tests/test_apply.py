@@ -120,8 +120,10 @@ def test_a_roster_is_issued_replaced_pruned_and_reapplied_as_planned(ca: Cli) ->
 
 def test_renewal_keeps_the_old_certificate_and_a_changed_key_type_replaces(ca: Cli) -> None:
     (ca.cwd / "r.yaml").write_text(roster([{"name": "short", "validity": "10d"}, {"name": "long"}]))
-    ca.ok("apply", "r.yaml")
+    ca.ok("apply", "r.yaml", "--renew-within", "5d")
     first = leaf(ca.cwd / "short")
+    # Ten days left, and the team now wants 40-day certificates renewed 30 days ahead.
+    (ca.cwd / "r.yaml").write_text(roster([{"name": "short", "validity": "40d"}, {"name": "long"}]))
     plan = json.loads(ca.ok("apply", "r.yaml", "--dry-run", "--json").stdout)
     assert [(a["action"], a["name"], a["renews"]) for a in plan["actions"]] == [
         ("renew", "short", format(first.serial_number, "x"))]
@@ -133,7 +135,7 @@ def test_renewal_keeps_the_old_certificate_and_a_changed_key_type_replaces(ca: C
     listing = json.loads(ca.ok("list", "--name", "short", "--json").stdout)
     assert sorted(c["status"] for c in listing) == ["valid", "valid"]  # renewal overlaps the old one
 
-    (ca.cwd / "r.yaml").write_text(roster([{"name": "short", "validity": "10d"}, {"name": "long", "key_type": "p384"}]))
+    (ca.cwd / "r.yaml").write_text(roster([{"name": "short", "validity": "40d"}, {"name": "long", "key_type": "p384"}]))
     ca.ok("apply", "r.yaml", "--renew-within", "1d")
     assert isinstance(leaf(ca.cwd / "long").public_key(), ec.EllipticCurvePublicKey)
     assert leaf(ca.cwd / "long").public_key().curve.name == "secp384r1"  # type: ignore[union-attr]
@@ -223,6 +225,19 @@ def test_an_interrupted_run_is_completed_by_the_next_one(ca: Cli) -> None:
     ca.ok("apply", "t.yaml")
     assert lost.serial_number in revoked_serials(ca)
     assert verify_with_crls(ca, ca.cwd / "user01")
+    # A run killed between putting a new certificate's tls.key in place and its tls.crt
+    # leaves the folder's certificate paired with a key that is not its own.
+    kept = leaf(ca.cwd / "user03")
+    other = ec.generate_private_key(ec.SECP256R1())
+    (ca.cwd / "user03" / "tls.key").write_bytes(other.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    plan = json.loads(ca.ok("apply", "t.yaml", "--dry-run", "--json").stdout)
+    assert [(a["action"], a["name"]) for a in plan["actions"]] == [("replace", "user03")]
+    assert "tls.key holds another certificate's key" in plan["actions"][0]["why"]
+    ca.ok("apply", "t.yaml")
+    assert kept.serial_number in revoked_serials(ca)
+    key = serialization.load_pem_private_key((ca.cwd / "user03" / "tls.key").read_bytes(), None)
+    assert key.public_key() == leaf(ca.cwd / "user03").public_key()
     # A folder moved away on purpose (the key handed over) is not a reason to reissue.
     (ca.cwd / "user02").rename(ca.cwd / "handed-over")
     assert "nothing to do" in ca.ok("apply", "t.yaml").stderr
@@ -283,6 +298,80 @@ def test_names_outside_the_permitted_names_are_refused_before_anything_is_signed
     assert "evil.example.com" in result.stderr and "b.other.internal" in result.stderr
     before.assert_unchanged()
     assert table_counts(mcp.db) == counts
+
+
+def test_every_problem_is_reported_in_one_round_with_the_names_the_ca_may_not_sign(mcp: Cli) -> None:
+    """Schema problems, duplicate names among broken entries, every bad name of an entry,
+    and names outside --permit-*: one error, so a roster is fixed in one round."""
+    mcp.ok("init-ca", "--name", "Narrow", "--permit-dns", "example.internal")
+    (mcp.cwd / "team.yaml").write_text(
+        "servers:\n"
+        "  - {name: web, dns: [web.other.org]}\n"
+        "  - {name: api, dns: [bad..one, bad_two.example.internal], ip: [999.1.1.1]}\n"
+        "clients:\n"
+        "  - {name: alice, roles: [admin]}\n"
+        "  - {name: alice, role: [admin]}\n"
+        "  - {name: bob, colour: blue}\n"
+    )
+    before = Snapshot(mcp)
+    result = mcp("apply", "team.yaml", "--dry-run")
+    assert_clean_error(result, "has 7 problems")
+    for fragment in ("clients[1] (line 6) alice: unknown key 'role'", "clients[1] (line 6) alice: duplicate name 'alice'",
+                     "clients[2] (line 7) bob: unknown key 'colour'", "'bad..one'", "'bad_two.example.internal'",
+                     "'999.1.1.1'", "servers[0] (line 2) web:", "web.other.org"):
+        assert fragment in result.stderr, (fragment, result.stderr)
+    before.assert_unchanged()
+
+
+def test_a_validity_inside_the_renewal_window_is_refused_as_a_renewal_on_every_run(ca: Cli) -> None:
+    (ca.cwd / "r.yaml").write_text(roster([{"name": "shorty", "validity": "20d"}, {"name": "fine"}]))
+    before = Snapshot(ca)
+    result = ca("apply", "r.yaml")
+    assert_clean_error(result, "clients[0] (line 1) shorty: a validity of 20d is within --renew-within (30d)")
+    before.assert_unchanged()
+    ca.ok("apply", "r.yaml", "--renew-within", "7d")
+    assert "nothing to do" in ca.ok("apply", "r.yaml", "--renew-within", "7d").stderr
+
+
+def test_a_validity_beyond_the_policy_is_shortened_with_a_warning(ca: Cli) -> None:
+    (ca.cwd / "r.yaml").write_text(roster([{"name": "longy", "validity": "100y"}, {"name": "fine"}]))
+    result = ca.ok("apply", "r.yaml")
+    assert "Warning: validity shortened to the policy maximum (397d) for longy\n" in result.stderr
+    lifetime = leaf(ca.cwd / "longy").not_valid_after_utc - leaf(ca.cwd / "longy").not_valid_before_utc
+    assert 397 <= lifetime.days <= 398  # backdated a little, as every leaf
+
+
+def test_an_output_folder_that_cannot_be_written_is_found_by_the_plan(ca: Cli) -> None:
+    """Found while planning (in a dry run too), not after a batch has been signed."""
+    (ca.cwd / "t.yaml").write_text(team(12))
+    out = ca.cwd / "out"
+    out.mkdir()
+    (out / "user07").write_text("not a folder")
+    (out / "user09").mkdir()
+    (out / "user09" / "tls.crt").mkdir()
+    before = Snapshot(ca)
+    for dry_run in (["--dry-run"], []):
+        result = ca("apply", "t.yaml", "--out-root", "out", *dry_run)
+        assert_clean_error(result, "has 2 problems")
+        assert f"user07: cannot write into {out / 'user07'}: {out / 'user07'} is not a folder" in result.stderr
+        assert f"user09: {out / 'user09' / 'tls.crt'} is a folder" in result.stderr
+        before.assert_unchanged()
+
+
+def test_a_name_moving_between_servers_and_clients_never_overwrites_a_valid_certificates_files(ca: Cli) -> None:
+    (ca.cwd / "r.yaml").write_text(roster([], [{"name": "files", "dns": ["files.internal"]}]))
+    ca.ok("apply", "r.yaml")
+    server = leaf(ca.cwd / "files")
+    (ca.cwd / "r.yaml").write_text(roster([{"name": "files", "roles": ["bot"]}]))
+    before = Snapshot(ca)
+    result = ca("apply", "r.yaml")
+    assert_clean_error(result, f"holds the files of the valid server certificate {server.serial_number:x}")
+    assert "--prune" in result.stderr
+    before.assert_unchanged()
+    ca.ok("apply", "r.yaml", "--prune")  # the move, on purpose: the server certificate is revoked
+    assert server.serial_number in revoked_serials(ca)
+    assert leaf(ca.cwd / "files").extensions.get_extension_for_class(x509.ExtendedKeyUsage).value == \
+        x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH])
 
 
 # --- properties of roster validation ----------------------------------------------------

@@ -53,11 +53,11 @@ def apply(
     """
     from mcp_pki.services.apply import apply_plan, plan_roster
     from mcp_pki.services.files import MAX_ROSTER
-    from mcp_pki.services.roster import parse_roster
+    from mcp_pki.services.roster import read_roster
     from mcp_pki.store.db import open_inventory
 
     path = Path(roster_file)
-    roster = parse_roster(read_file(roster_file, "roster", limit=MAX_ROSTER), source=str(path), base_dir=path.parent)
+    roster = read_roster(read_file(roster_file, "roster", limit=MAX_ROSTER), source=str(path), base_dir=path.parent)
     within = parse_duration_option(renew_within)
     root = Path(out_root).absolute() if out_root else Path.cwd()
     home = settings.home()
@@ -70,6 +70,12 @@ def apply(
         engine.dispose()
     for held in plan.not_in_roster:
         warn(f"{held.kind.value} {held.name} ({held.serial}) is not in the roster: --prune revokes it")
+    longest = home.policy().max_validity
+    capped = [s.name for s in plan.steps if s.entry is not None and s.entry.validity > longest]
+    if capped:
+        # As `issue` says when it shortens a validity; a roster may ask for many at once.
+        shown = ", ".join(capped[:5]) + (f" and {len(capped) - 5} more" if len(capped) > 5 else "")
+        warn(f"validity shortened to the policy maximum ({longest.days}d) for {shown}")
     if dry_run or plan.nothing_to_do:
         _print_plan(plan, as_json, dry_run)
         return

@@ -14,6 +14,7 @@ its files is replaced (its key was never written), an old certificate still vali
 its replacement is revoked, and a crl.pem behind the inventory is republished.
 """
 
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from mcp_pki.services.issuance import (
     chain_constraints,
     check_constraints,
     check_limits,
+    holds_another_key,
     remove_stale_files,
 )
 from mcp_pki.services.roster import Roster, RosterEntry, roster_error
@@ -156,11 +158,13 @@ def plan_roster(
     engine: Engine, roster: Roster, *, out_root: Path, renew_within: timedelta, prune: bool,
     crl_file: Path, now: datetime,
 ) -> Plan:
-    """What `apply` would do, read in one transaction; refuses (listing every problem) a
-    roster entry this CA may not sign."""
+    """What `apply` would do, read in one transaction. Refuses, listing every problem with
+    the roster's own ones, an entry this CA may not sign, one that every run would renew,
+    and an output folder that cannot take its files: found now, they cannot stop a run
+    halfway."""
     with read_transaction(engine) as connection:
         constraints = chain_constraints(signing_chain(connection))
-        problems = []
+        problems = list(roster.problems)
         for entry in roster.entries:
             request = _request(entry)
             try:
@@ -168,8 +172,12 @@ def plan_roster(
                 check_constraints(constraints, request)
             except PkiError as exc:
                 problems.append(f"{entry.position}: {exc}")
-        if problems:
-            raise roster_error(roster.source, problems)
+            if entry.validity <= renew_within:
+                problems.append(
+                    f"{entry.position}: a validity of {_days(entry.validity)} is within --renew-within "
+                    f"({_days(renew_within)}): every run would renew it (lengthen the validity or shorten "
+                    "--renew-within)"
+                )
         run_began = audit_mark(connection)
         held: dict[tuple[CertificateKind, str], list[_Row]] = {}
         for row in _valid_rows(connection, now):
@@ -184,6 +192,11 @@ def plan_roster(
                 unchanged += 1
             else:
                 steps.append(step)
+        problems += _output_problems(steps, out_root)
+        if not prune:
+            problems += _overwritten(steps, [r for rows in held.values() for r in rows], out_root)
+        if problems:
+            raise roster_error(roster.source, problems)
         leftovers = sorted((r.held for rows in held.values() for r in rows), key=lambda h: (h.name, h.kind.value, h.id))
         if prune:
             for one in leftovers:
@@ -193,6 +206,52 @@ def plan_roster(
                 ))
         republish = _crl_file_behind(connection, crl_file)
     return Plan(tuple(steps), unchanged, () if prune else tuple(leftovers), republish, run_began)
+
+
+def _days(duration: timedelta) -> str:
+    return f"{duration.days}d" if duration % timedelta(days=1) == timedelta(0) else f"{duration / timedelta(hours=1):g}h"
+
+
+def _output_folder(step: Step, out_root: Path) -> Path:
+    return step.folder or out_root / step.name
+
+
+def _output_problems(steps: list[Step], out_root: Path) -> list[str]:
+    """Output folders that cannot take their files, as `OutputFiles` would find them."""
+    problems = []
+    for step in steps:
+        if not step.signs or step.entry is None:
+            continue
+        folder = _output_folder(step, out_root)
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            problems.append(f"{step.entry.position}: cannot write into {folder}: {existing} is not a folder")
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            problems.append(f"{step.entry.position}: cannot write into {folder}: permission denied")
+        elif existing == folder:
+            taken = [f for f in ("tls.key", "ca.crt", "tls.crt") if (folder / f).is_dir()]
+            if taken:
+                problems.append(f"{step.entry.position}: {folder / taken[0]} is a folder")
+    return problems
+
+
+def _overwritten(steps: list[Step], others: list[_Row], out_root: Path) -> list[str]:
+    """Entries whose folder holds the files of a valid certificate the run leaves valid: a
+    name that moved from servers: to clients: (or back) without --prune, say. Signing would
+    replace that certificate's key while it stays in use."""
+    folders = {_output_folder(s, out_root).absolute(): s for s in steps if s.signs and s.entry is not None}
+    problems = []
+    for row in others:
+        folder = (Path(row.files_dir) if row.files_dir else out_root / row.held.name).absolute()
+        step = folders.get(folder)
+        if step is not None and step.entry is not None:
+            problems.append(
+                f"{step.entry.position}: {folder} holds the files of the valid {row.held.kind.value} certificate "
+                f"{row.held.serial}, which the roster no longer lists: revoke it first, or apply with --prune"
+            )
+    return problems
 
 
 def _valid_rows(connection: Connection, now: datetime) -> Iterator[_Row]:
@@ -290,17 +349,22 @@ def _same_key(certificate_pem: str, public_key: Any) -> bool:
 
 def _files_missing(current: _Row, pems: _Pems, out_root: Path) -> str | None:
     """Whether the certificate's folder exists without it: an interrupted run recorded the
-    certificate but never wrote its files, so its key is gone. A folder that no longer
-    exists was moved or handed over on purpose, and is left alone."""
+    certificate but never wrote its files, so its key is gone; or it wrote another
+    certificate's key there and was killed before that one's tls.crt. A folder that no
+    longer exists was moved or handed over on purpose, and is left alone."""
     folder = Path(current.files_dir) if current.files_dir else out_root / current.held.name
     if not folder.is_dir():
         return None
+    certificate_pem = pems(current.held.id)
     try:
         written = (folder / "tls.crt").read_text(encoding="ascii", errors="replace")
     except OSError:
         return f"{folder}/tls.crt is missing"
-    if not written.startswith(pems(current.held.id)):
+    if not written.startswith(certificate_pem):
         return f"{folder}/tls.crt holds another certificate"
+    key_file = folder / "tls.key"
+    if not current.from_csr and holds_another_key(key_file, from_pem(certificate_pem).public_key()):
+        return f"{key_file} holds another certificate's key"
     return None
 
 

@@ -200,16 +200,18 @@ def remove_stale_files(folder: Path, written: list[Path], *, key_of_certificate:
     for stale in (folder / "tls.key", folder / "tls.p12"):
         if stale in written or not (stale.exists() or stale.is_symlink()):
             continue
-        if stale.name == "tls.key" and not _holds_another_key(stale, key_of_certificate):
+        if stale.name == "tls.key" and key_of_certificate is not None and not holds_another_key(
+            stale, key_of_certificate
+        ):
             continue
         stale.unlink()
         removed.append(stale)
     return removed
 
 
-def _holds_another_key(key_file: Path, public_key: Any) -> bool:
-    if public_key is None:
-        return True  # the new certificate's key was written: whatever else is there is stale
+def holds_another_key(key_file: Path, public_key: Any) -> bool:
+    """Whether `key_file` holds a private key shown not to be `public_key`'s; a file that
+    cannot be read or loaded (encrypted by its owner, say) shows nothing."""
     from mcp_pki.pki.bundles import load_private_key
 
     try:

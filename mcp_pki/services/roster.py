@@ -52,7 +52,10 @@ class RosterEntry:
 @dataclass(frozen=True, slots=True)
 class Roster:
     source: str
-    entries: tuple[RosterEntry, ...]
+    entries: tuple[RosterEntry, ...]  # those without problems
+    # What is wrong with the others, by position: the plan adds what only the inventory and
+    # the CA can tell (names the CA may not sign, output folders) and reports it all at once.
+    problems: tuple[str, ...] = ()
 
 
 class _Problems:
@@ -83,7 +86,17 @@ def roster_error(source: str, problems: list[str]) -> InvalidInput:
 
 
 def parse_roster(text: bytes, *, source: str, base_dir: Path) -> Roster:
-    """Validate a roster document; CSR files are read relative to `base_dir`."""
+    """Validate a roster document; CSR files are read relative to `base_dir`. Refuses a
+    roster with any problem, naming each."""
+    roster = read_roster(text, source=source, base_dir=base_dir)
+    if roster.problems:
+        raise roster_error(source, list(roster.problems))
+    return roster
+
+
+def read_roster(text: bytes, *, source: str, base_dir: Path) -> Roster:
+    """The roster's valid entries and the problems of the others. A document that is not
+    a roster at all (not YAML, not a mapping, aliases, duplicate keys) is refused here."""
     document, lines = _load(text, source)
     problems = _Problems()
     if not isinstance(document, dict):
@@ -104,19 +117,20 @@ def parse_roster(text: bytes, *, source: str, base_dir: Path) -> Roster:
         for index, item in enumerate(items):
             where = f"{section}[{index}] (line {lines.get((section, index), '?')})"
             entry = _entry(kind, item, where, defaults, base_dir, problems)
-            if entry is None:
-                continue
-            # One folder per NAME under --out-root, and a NAME is how people refer to it.
-            if entry.name in seen:
-                problems.add(entry.position, f"duplicate name {entry.name!r} (also {seen[entry.name]})")
-                continue
-            seen[entry.name] = entry.position
-            entries.append(entry)
+            # One folder per NAME under --out-root, and a NAME is how people refer to it:
+            # checked whatever else is wrong with the entries, so it is seen in this round.
+            name = item.get("name") if isinstance(item, dict) else None
+            if isinstance(name, str):
+                position = entry.position if entry else f"{where} {_shortened(name)}"
+                if name in seen:
+                    problems.add(position, f"duplicate name {_shortened(name)!r} (also {seen[name]})")
+                    continue
+                seen[name] = position
+            if entry is not None:
+                entries.append(entry)
     if "servers" not in document and "clients" not in document:
         problems.add("roster", "it lists no servers: and no clients: (write an empty list to mean none)")
-    if problems.items:
-        raise roster_error(source, problems.items)
-    return Roster(source, tuple(entries))
+    return Roster(source, tuple(entries), tuple(problems.items))
 
 
 def _load(text: bytes, source: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
@@ -240,7 +254,7 @@ def _entry(
     before = len(problems.items)
     name = _text(item, "name", where, problems)
     if name is not None:
-        where = f"{where} {name if len(name) <= 64 else name[:64] + '...'}"
+        where = f"{where} {_shortened(name)}"
     known = _ENTRY_KEYS[kind]
     for key in sorted(set(item) - known, key=str):
         hint = _suggest(str(key), known)
@@ -257,11 +271,7 @@ def _entry(
     if not isinstance(allow_wildcard, bool):
         problems.add(where, "allow_wildcard: must be true or false")
         allow_wildcard = False
-    sans = problems.check(where, lambda: SubjectAltNames.parse(
-        dns=_texts(item, "dns", where, problems), ips=_texts(item, "ip", where, problems),
-        uris=_texts(item, "uri", where, problems), emails=_texts(item, "email", where, problems),
-        allow_wildcard=allow_wildcard,
-    ))
+    sans = _sans(item, where, problems, allow_wildcard=allow_wildcard)
     if kind is CertificateKind.SERVER and sans is not None and not (sans.dns or sans.ips):
         problems.add(where, "a server needs at least one dns: or ip: name")
     roles: dict[str, None] = {}
@@ -278,7 +288,7 @@ def _entry(
         if key_text is not None:
             problems.add(where, "key_type: cannot be used with csr: (the requester chose the key)")
         csr = problems.check(where, lambda: _read_csr(base_dir / csr_text))
-    if len(problems.items) > before:
+    if sans is None or len(problems.items) > before:
         return None
     return RosterEntry(
         kind=kind, name=name, position=where, sans=sans, roles=tuple(roles),
@@ -287,6 +297,30 @@ def _entry(
         owner=owner if owner is not None else (name if kind is CertificateKind.CLIENT else None),
         validity=validity or defaults.validity, key_type=key_type or defaults.key_type, csr=csr,
     )
+
+
+def _sans(item: dict[Any, Any], where: str, problems: _Problems, *, allow_wildcard: bool) -> SubjectAltNames | None:
+    """The entry's names; when they do not parse, each bad one is reported, not the first."""
+    given = {key: _texts(item, key, where, problems) for key in ("dns", "ip", "uri", "email")}
+
+    def parse(dns: tuple[str, ...], ip: tuple[str, ...], uri: tuple[str, ...], email: tuple[str, ...]) -> SubjectAltNames:
+        return SubjectAltNames.parse(dns=dns, ips=ip, uris=uri, emails=email, allow_wildcard=allow_wildcard)
+
+    try:
+        return parse(**given)
+    except InvalidInput as exc:
+        before = len(problems.items)
+        for key, values in given.items():
+            for value in values:
+                alone: dict[str, tuple[str, ...]] = dict.fromkeys(given, ()) | {key: (value,)}
+                problems.check(where, partial(parse, **alone))
+        if len(problems.items) == before:  # each name is fine; together they are not (too many)
+            problems.add(where, str(exc))
+        return None
+
+
+def _shortened(name: str) -> str:
+    return name if len(name) <= 64 else f"{name[:64]}..."
 
 
 def _read_csr(path: Path) -> VerifiedRequest:
