@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.conftest import Cli, table_counts
+from tests.conftest import Cli, assert_clean_error, table_counts
 
 
 def test_init_ca_creates_two_tiers_and_writes_the_root(mcp: Cli) -> None:
@@ -91,6 +91,8 @@ def test_list_and_show_report_what_was_issued(ca: Cli) -> None:
     for fragment in ("roles        admin", "clientAuth", "days left", "CN=Test Issuing CA"):
         assert fragment in text
     assert json.loads(ca.ok("list", "--kind", "client", "--json").stdout)[0]["name"] == "alice"
+    for typo in ("", "ali ce"):  # a filter that can match nothing is a mistake, not an empty list
+        assert_clean_error(ca("list", "--name", typo), "invalid name")
 
 
 def test_export_formats(ca: Cli) -> None:

@@ -52,6 +52,10 @@ def list_command(
         iter_table_rows,
     )
 
+    if name is not None:
+        from mcp_pki.pki.names import validate_name  # only then: it imports cryptography
+
+        validate_name(name)  # an empty or impossible name is a typo, not "no certificates"
     wanted = ListFilter(
         kind=kind, status=Status(status) if status else None,
         expiring_within=parse_duration_option(expiring_within), name=name, current=current,
