@@ -98,3 +98,20 @@ def test_apply_killed_at_random_points_is_completed_by_the_next_run(ca: Cli) -> 
     ca.ok("audit", "verify")
     again = ca.ok("apply", str(roster), "--prune", "--out-root", str(ca.cwd / "certs"))
     assert "nothing to do" in again.stderr
+
+
+def test_temporaries_a_killed_run_left_are_removed_by_the_next_write_there(ca: Cli) -> None:
+    """A run killed between writing a temporary and renaming it leaves a hidden file, perhaps
+    holding a private key. The next write of that file removes it once it is clearly stale;
+    anything that is not one of our temporaries, and fresh ones (a run still going), stay."""
+    folder = ca.cwd / "alice"
+    folder.mkdir(mode=0o700)
+    stale, fresh, foreign = folder / ".tls.key.0123456789ab.tmp", folder / ".tls.crt.ba9876543210.tmp", folder / ".notes.tmp"
+    for path in (stale, fresh, foreign):
+        path.write_bytes(b"leftover")
+    hour_ago = time.time() - 3600
+    os.utime(stale, (hour_ago, hour_ago))
+    os.utime(foreign, (hour_ago, hour_ago))
+    ca.ok("issue", "client", "alice", "--out", "alice")
+    assert not stale.exists()
+    assert fresh.exists() and foreign.exists()
