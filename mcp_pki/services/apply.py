@@ -158,10 +158,12 @@ def plan_roster(
     engine: Engine, roster: Roster, *, out_root: Path, renew_within: timedelta, prune: bool,
     crl_file: Path, now: datetime,
 ) -> Plan:
-    """What `apply` would do, read in one transaction. Refuses, listing every problem with
-    the roster's own ones, an entry this CA may not sign, one that every run would renew,
-    and an output folder that cannot take its files: found now, they cannot stop a run
-    halfway."""
+    """What `apply` would do, read in one transaction.
+
+    Refuses the roster with one error listing its own problems and those only the CA and
+    the inventory show: names this CA may not sign, a validity every run would renew, an
+    output folder that cannot take its files, or one that holds a certificate left valid.
+    Found here, in a dry run too, none of them can stop a run halfway."""
     with read_transaction(engine) as connection:
         constraints = chain_constraints(signing_chain(connection))
         problems = list(roster.problems)
@@ -224,7 +226,7 @@ def _output_problems(steps: list[Step], out_root: Path) -> list[str]:
             continue
         folder = _output_folder(step, out_root)
         existing = folder
-        while not existing.exists() and existing != existing.parent:
+        while not (existing.exists() or existing.is_symlink()) and existing != existing.parent:
             existing = existing.parent
         if not existing.is_dir():
             problems.append(f"{step.entry.position}: cannot write into {folder}: {existing} is not a folder")
