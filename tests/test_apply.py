@@ -201,6 +201,13 @@ def test_a_csr_entry_signed_into_the_requesters_folder_leaves_their_key_in_place
     assert not (ca.cwd / "dave" / "tls.key").exists(), "the generated key no longer pairs with tls.crt"
     assert generated != (ca.cwd / "requests" / "dave" / "tls.key").read_bytes()
     assert "nothing to do" in ca.ok("apply", "team.yaml").stderr
+    # A run killed after dave's new tls.crt but before it removed the generated key left it
+    # there: the plan finds the folder's key pairs with nothing, and the run repairs it.
+    (ca.cwd / "dave" / "tls.key").write_bytes(generated)
+    plan = json.loads(ca.ok("apply", "team.yaml", "--dry-run", "--json").stdout)
+    assert [(a["action"], a["name"]) for a in plan["actions"]] == [("replace", "dave")]
+    ca.ok("apply", "team.yaml")
+    assert not (ca.cwd / "dave" / "tls.key").exists()
 
 
 def test_issue_force_from_a_csr_keeps_the_requesters_key_beside_it(ca: Cli) -> None:
@@ -333,6 +340,26 @@ def test_a_validity_inside_the_renewal_window_is_refused_as_a_renewal_on_every_r
     assert "nothing to do" in ca.ok("apply", "r.yaml", "--renew-within", "7d").stderr
 
 
+def test_a_validity_the_policy_shortens_into_the_renewal_window_is_refused(ca: Cli) -> None:
+    (ca.cwd / "r.yaml").write_text("defaults: {validity: 500d}\nclients: [{name: c1}]\n")
+    before = Snapshot(ca)
+    result = ca("apply", "r.yaml", "--renew-within", "400d")
+    assert_clean_error(result, "a validity of 500d, shortened to the policy maximum of 397d, is within --renew-within")
+    before.assert_unchanged()
+
+
+def test_certificates_that_expire_with_the_issuing_ca_are_not_renewed_on_every_run(mcp: Cli) -> None:
+    """The issuing CA has 20 days left, inside the 30-day renewal window: every certificate
+    ends with it, and a renewal would end there too. Reported once, and nothing signed."""
+    mcp.ok("init-ca", "--name", "Short", "--validity", "40d")
+    (mcp.cwd / "r.yaml").write_text(roster([{"name": "c1"}, {"name": "c2"}]))
+    mcp.ok("apply", "r.yaml")
+    result = mcp.ok("apply", "r.yaml")
+    assert "nothing to do (2 unchanged)" in result.stderr
+    assert "Warning: not renewed: c1, c2: the issuing CA expires on" in result.stderr
+    assert len(json.loads(mcp.ok("list", "--json").stdout)) == 2
+
+
 def test_a_validity_beyond_the_policy_is_shortened_with_a_warning(ca: Cli) -> None:
     (ca.cwd / "r.yaml").write_text(roster([{"name": "longy", "validity": "100y"}, {"name": "fine"}]))
     result = ca.ok("apply", "r.yaml")
@@ -349,10 +376,12 @@ def test_an_output_folder_that_cannot_be_written_is_found_by_the_plan(ca: Cli) -
     (out / "user07").write_text("not a folder")
     (out / "user09").mkdir()
     (out / "user09" / "tls.crt").mkdir()
+    (out / "user11").symlink_to(ca.cwd / "nowhere")
     before = Snapshot(ca)
     for dry_run in (["--dry-run"], []):
         result = ca("apply", "t.yaml", "--out-root", "out", *dry_run)
-        assert_clean_error(result, "has 2 problems")
+        assert_clean_error(result, "has 3 problems")
+        assert f"user11: cannot write into {out / 'user11'}: {out / 'user11'} is not a folder" in result.stderr
         assert f"user07: cannot write into {out / 'user07'}: {out / 'user07'} is not a folder" in result.stderr
         assert f"user09: {out / 'user09' / 'tls.crt'} is a folder" in result.stderr
         before.assert_unchanged()
@@ -367,6 +396,11 @@ def test_a_name_moving_between_servers_and_clients_never_overwrites_a_valid_cert
     result = ca("apply", "r.yaml")
     assert_clean_error(result, f"holds the files of the valid server certificate {server.serial_number:x}")
     assert "--prune" in result.stderr
+    before.assert_unchanged()
+    # The same folder, however it is spelled.
+    (ca.cwd / "link").symlink_to(ca.cwd)
+    for out_root in ("out/..", "link"):
+        assert_clean_error(ca("apply", "r.yaml", "--out-root", out_root), "holds the files of the valid server")
     before.assert_unchanged()
     ca.ok("apply", "r.yaml", "--prune")  # the move, on purpose: the server certificate is revoked
     assert server.serial_number in revoked_serials(ca)

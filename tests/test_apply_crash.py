@@ -107,11 +107,32 @@ def test_temporaries_a_killed_run_left_are_removed_by_the_next_write_there(ca: C
     folder = ca.cwd / "alice"
     folder.mkdir(mode=0o700)
     stale, fresh, foreign = folder / ".tls.key.0123456789ab.tmp", folder / ".tls.crt.ba9876543210.tmp", folder / ".notes.tmp"
-    for path in (stale, fresh, foreign):
+    bundle = folder / ".tls.p12.00112233aabb.tmp"  # a file this issue does not write
+    for path in (stale, fresh, foreign, bundle):
         path.write_bytes(b"leftover")
     hour_ago = time.time() - 3600
-    os.utime(stale, (hour_ago, hour_ago))
-    os.utime(foreign, (hour_ago, hour_ago))
+    for path in (stale, foreign, bundle):
+        os.utime(path, (hour_ago, hour_ago))
     ca.ok("issue", "client", "alice", "--out", "alice")
-    assert not stale.exists()
+    assert not stale.exists() and not bundle.exists()
     assert fresh.exists() and foreign.exists()
+
+
+def test_apply_with_its_output_closed_still_completes(ca: Cli) -> None:
+    """`mcp-pki apply team.yaml | head -1`: the reader goes away after one line; the run
+    does not stop between signing and revoking the certificates it replaced."""
+    roster = ca.cwd / "team.yaml"
+    roster.write_text(variant(0))
+    ca.ok("apply", str(roster), "--out-root", str(ca.cwd / "certs"))
+    roster.write_text(variant(1))
+    env = {**os.environ, "MCP_PKI_HOME": str(ca.home), "MCP_PKI_PASSPHRASE": PASSPHRASE}
+    env.pop("MCP_PKI_DB", None)
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        subprocess.run([str(VENV_BIN / "mcp-pki"), "apply", str(roster), "--out-root", str(ca.cwd / "certs")],
+                       env=env, cwd=ca.cwd, stdout=writer, stderr=subprocess.DEVNULL, timeout=120, check=False)
+    finally:
+        os.close(writer)
+    again = ca.ok("apply", str(roster), "--out-root", str(ca.cwd / "certs"))
+    assert "nothing to do" in again.stderr, again.stdout

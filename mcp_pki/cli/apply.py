@@ -61,16 +61,22 @@ def apply(
     within = parse_duration_option(renew_within)
     root = Path(out_root).absolute() if out_root else Path.cwd()
     home = settings.home()
+    longest = home.policy().max_validity
     engine = open_inventory(home.db_url)
     try:
         plan = plan_roster(
             engine, roster, out_root=root, renew_within=within, prune=prune, crl_file=home.crl_file, now=now(),
+            max_validity=longest,
         )
     finally:
         engine.dispose()
     for held in plan.not_in_roster:
         warn(f"{held.kind.value} {held.name} ({held.serial}) is not in the roster: --prune revokes it")
-    longest = home.policy().max_validity
+    if plan.held_back:
+        names = ", ".join(h.name for h in plan.held_back[:5]) + (
+            f" and {len(plan.held_back) - 5} more" if len(plan.held_back) > 5 else "")
+        warn(f"not renewed: {names}: the issuing CA expires on {plan.issuer_not_after:%Y-%m-%d}, so a renewal "
+             "could not outlive them (renew the CA)")
     capped = [s.name for s in plan.steps if s.entry is not None and s.entry.validity > longest]
     if capped:
         # As `issue` says when it shortens a validity; a roster may ask for many at once.
@@ -85,11 +91,17 @@ def apply(
         bar = click.progressbar(length=work, label="applying", file=sys.stderr)
         bar.__enter__()
 
+    printing = not as_json
+
     def done(outcome: Any) -> None:
+        nonlocal printing
         if bar is not None:
             bar.update(1)
-        if not as_json:
-            click.echo(_outcome_line(outcome))
+        if printing:
+            try:
+                click.echo(_outcome_line(outcome))
+            except BrokenPipeError:  # the reader went away (| head): the run still completes
+                printing = False
 
     try:
         result = apply_plan(home, plan, out_root=root, passphrase=settings.ca_passphrase, now=now(), on_done=done)

@@ -35,7 +35,7 @@ from mcp_pki.services import audit
 from mcp_pki.services.authority import PassphraseSource, signing_chain, unlock
 from mcp_pki.services.crls import new_revocation
 from mcp_pki.services.files import PRIVATE, OutputFiles
-from mcp_pki.services.home import Home
+from mcp_pki.services.home import LEAF_MAX_VALIDITY, Home
 from mcp_pki.services.issuance import (
     LeafRequest,
     _certificate_row,
@@ -110,6 +110,9 @@ class Plan:
     republish: bool
     # The newest audit record when the plan was made: offboarding after it wins.
     audit_mark: int
+    # Due for renewal, but a renewal could not outlive them: the issuing CA expires first.
+    held_back: tuple[Held, ...] = ()
+    issuer_not_after: datetime | None = None
 
     def count(self, action: Action) -> int:
         if action is Action.REVOKE:
@@ -156,7 +159,7 @@ class _Row:
 
 def plan_roster(
     engine: Engine, roster: Roster, *, out_root: Path, renew_within: timedelta, prune: bool,
-    crl_file: Path, now: datetime,
+    crl_file: Path, now: datetime, max_validity: timedelta = LEAF_MAX_VALIDITY,
 ) -> Plan:
     """What `apply` would do, read in one transaction.
 
@@ -165,7 +168,8 @@ def plan_roster(
     output folder that cannot take its files, or one that holds a certificate left valid.
     Found here, in a dry run too, none of them can stop a run halfway."""
     with read_transaction(engine) as connection:
-        constraints = chain_constraints(signing_chain(connection))
+        chain = signing_chain(connection)
+        constraints = chain_constraints(chain)
         problems = list(roster.problems)
         for entry in roster.entries:
             request = _request(entry)
@@ -174,9 +178,11 @@ def plan_roster(
                 check_constraints(constraints, request)
             except PkiError as exc:
                 problems.append(f"{entry.position}: {exc}")
-            if entry.validity <= renew_within:
+            granted = min(entry.validity, max_validity)
+            if granted <= renew_within:
+                shortened = f", shortened to the policy maximum of {_days(granted)}," if granted < entry.validity else ""
                 problems.append(
-                    f"{entry.position}: a validity of {_days(entry.validity)} is within --renew-within "
+                    f"{entry.position}: a validity of {_days(entry.validity)}{shortened} is within --renew-within "
                     f"({_days(renew_within)}): every run would renew it (lengthen the validity or shorten "
                     "--renew-within)"
                 )
@@ -188,8 +194,9 @@ def plan_roster(
         pems = _Pems(connection, [r.held.id for key, rows in held.items() if key in wanted for r in rows])
         steps: list[Step] = []
         unchanged = 0
+        renewal = _Renewal(now, renew_within, max_validity, chain.signer.not_after)
         for entry in roster.entries:
-            step = _entry_step(entry, held.pop((entry.kind, entry.name), []), pems, out_root, renew_within, now)
+            step = _entry_step(entry, held.pop((entry.kind, entry.name), []), pems, out_root, renewal)
             if step is None:
                 unchanged += 1
             else:
@@ -207,7 +214,10 @@ def plan_roster(
                     reason=_PRUNE_REASON[one.kind],
                 ))
         republish = _crl_file_behind(connection, crl_file)
-    return Plan(tuple(steps), unchanged, () if prune else tuple(leftovers), republish, run_began)
+    return Plan(
+        tuple(steps), unchanged, () if prune else tuple(leftovers), republish, run_began,
+        tuple(renewal.held_back), renewal.issuer_not_after,
+    )
 
 
 def _days(duration: timedelta) -> str:
@@ -243,10 +253,11 @@ def _overwritten(steps: list[Step], others: list[_Row], out_root: Path) -> list[
     """Entries whose folder holds the files of a valid certificate the run leaves valid: a
     name that moved from servers: to clients: (or back) without --prune, say. Signing would
     replace that certificate's key while it stays in use."""
-    folders = {_output_folder(s, out_root).absolute(): s for s in steps if s.signs and s.entry is not None}
+    # Resolved: out/../out or a symlink to the folder is the same folder.
+    folders = {_output_folder(s, out_root).resolve(): s for s in steps if s.signs and s.entry is not None}
     problems = []
     for row in others:
-        folder = (Path(row.files_dir) if row.files_dir else out_root / row.held.name).absolute()
+        folder = (Path(row.files_dir) if row.files_dir else out_root / row.held.name).resolve()
         step = folders.get(folder)
         if step is not None and step.entry is not None:
             problems.append(
@@ -291,8 +302,30 @@ class _Pems:
         return self._pems.get(certificate_id, "")
 
 
+@dataclass
+class _Renewal:
+    """When a certificate is due for renewal, and whether renewing it would help."""
+
+    now: datetime
+    within: timedelta
+    max_validity: timedelta
+    issuer_not_after: datetime
+    held_back: list[Held] = field(default_factory=list)
+
+    def due(self, entry: RosterEntry, current: Held) -> bool:
+        if current.not_after > self.now + self.within:
+            return False
+        # A renewal ends where the issuing CA does at the latest: once that is no later than
+        # the certificate itself, renewing would sign the same window again on every run.
+        ends = min(self.now + min(entry.validity, self.max_validity), self.issuer_not_after)
+        if ends <= current.not_after:
+            self.held_back.append(current)
+            return False
+        return True
+
+
 def _entry_step(
-    entry: RosterEntry, rows: list[_Row], pems: _Pems, out_root: Path, renew_within: timedelta, now: datetime,
+    entry: RosterEntry, rows: list[_Row], pems: _Pems, out_root: Path, renewal: _Renewal,
 ) -> Step | None:
     differences = {r.held.id: _difference(entry, r, pems) for r in rows}
     matching = [r for r in rows if differences[r.held.id] is None]
@@ -316,7 +349,7 @@ def _entry_step(
             Action.REPLACE, entry.kind, entry.name, missing, entry=entry,
             revokes=(current.held, *stale), reason=RevocationReason.SUPERSEDED,
         )
-    if current.held.not_after <= now + renew_within:
+    if renewal.due(entry, current.held):
         return Step(
             Action.RENEW, entry.kind, entry.name, f"expires {current.held.not_after:%Y-%m-%d}", entry=entry,
             renews=current.held, revokes=stale, reason=RevocationReason.SUPERSEDED,
@@ -364,8 +397,10 @@ def _files_missing(current: _Row, pems: _Pems, out_root: Path) -> str | None:
         return f"{folder}/tls.crt is missing"
     if not written.startswith(certificate_pem):
         return f"{folder}/tls.crt holds another certificate"
+    # Also for a certificate from a CSR: a generated key left beside it (a run killed
+    # between its tls.crt and removing that key) pairs with nothing.
     key_file = folder / "tls.key"
-    if not current.from_csr and holds_another_key(key_file, from_pem(certificate_pem).public_key()):
+    if holds_another_key(key_file, from_pem(certificate_pem).public_key()):
         return f"{key_file} holds another certificate's key"
     return None
 

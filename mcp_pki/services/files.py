@@ -109,26 +109,26 @@ class OutputFiles:
             raise FilesNotWritten(f"cannot write {exc.filename2 or exc.filename or 'output'}: {reason}") from None
         for folder in {path.parent for _, path in staged}:
             _fsync_folder(folder)
-            _remove_leftovers(folder, {path.name for _, path in staged if path.parent == folder})
+            _remove_leftovers(folder)
         return [path for _, path in staged]
 
 
-_TEMPORARY = re.compile(r"\.(.+)\.[0-9a-f]{12}\.tmp")
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
 # A temporary this old was left by a run that was killed: ours live for milliseconds.
 _LEFTOVER_AGE = 15 * 60
 
 
-def _remove_leftovers(folder: Path, names: set[str]) -> None:
-    """Temporaries of the files just written that a killed run left behind; one may hold a
-    private key, which nothing else would ever remove."""
+def _remove_leftovers(folder: Path) -> None:
+    """Our temporaries that a killed run left in a folder we write to; one may hold a
+    private key (perhaps of a file this folder no longer gets), which nothing else would
+    ever remove."""
     cutoff = time.time() - _LEFTOVER_AGE
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return
     for entry in entries:
-        match = _TEMPORARY.fullmatch(entry.name)
-        if match is None or match.group(1) not in names:
+        if not _TEMPORARY.fullmatch(entry.name):
             continue
         try:
             if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
