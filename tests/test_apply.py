@@ -284,6 +284,40 @@ def test_a_malformed_roster_is_one_error_listing_every_problem(ca: Cli, text: st
     before.assert_unchanged()
 
 
+def test_a_run_stopped_by_a_failure_still_reports_what_it_signed(ca: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills up in the second batch: --json still prints one document naming the
+    certificates of the first, marked incomplete, and the next run completes the rest."""
+    from mcp_pki.services import apply as service
+    from mcp_pki.services.files import FilesNotWritten
+
+    monkeypatch.setattr(service, "BATCH_SIZE", 10)
+    real_write = service._write_files
+    calls = 0
+
+    def disk_full_at_the_fifteenth(item: object, *, replace: bool) -> list[Path]:
+        nonlocal calls
+        calls += 1
+        if calls == 15:
+            raise FilesNotWritten("cannot write tls.key: No space left on device")
+        return real_write(item, replace=replace)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(service, "_write_files", disk_full_at_the_fifteenth)
+    (ca.cwd / "t.yaml").write_text(team(24))
+    result = ca("apply", "t.yaml", "--json")
+    assert result.exit_code == 1 and result.stderr.startswith("Error: cannot write tls.key: No space left")
+    assert "run apply again to complete" in result.stderr
+    document = json.loads(result.stdout)
+    assert document["complete"] is False and "No space left" in document["error"]
+    signed = {a["serial"] for a in document["actions"]}
+    assert len(signed) == 10, "the first batch, written before the failure"
+    assert signed <= {c["serial"] for c in json.loads(ca.ok("list", "--json").stdout)}
+    monkeypatch.setattr(service, "_write_files", real_write)
+    after = json.loads(ca.ok("apply", "t.yaml", "--json").stdout)
+    assert after["complete"] is True
+    assert "nothing to do" in ca.ok("apply", "t.yaml").stderr
+    assert len(json.loads(ca.ok("list", "--status", "valid", "--json").stdout)) == 26
+
+
 def test_a_roster_that_never_ends_is_refused_unread(ca: Cli) -> None:
     before = Snapshot(ca)
     assert_clean_error(ca("apply", "/dev/zero"), "roster /dev/zero is larger than 64 MiB")

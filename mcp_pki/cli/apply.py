@@ -15,6 +15,7 @@ from mcp_pki.cli.common import (
     read_file,
     warn,
 )
+from mcp_pki.errors import PkiError
 
 # Below this much work a progress bar is noise.
 _PROGRESS_FROM = 20
@@ -73,15 +74,12 @@ def apply(
     for held in plan.not_in_roster:
         warn(f"{held.kind.value} {held.name} ({held.serial}) is not in the roster: --prune revokes it")
     if plan.held_back:
-        names = ", ".join(h.name for h in plan.held_back[:5]) + (
-            f" and {len(plan.held_back) - 5} more" if len(plan.held_back) > 5 else "")
-        warn(f"not renewed: {names}: the issuing CA expires on {plan.issuer_not_after:%Y-%m-%d}, so a renewal "
-             "could not outlive them (renew the CA)")
+        warn(f"not renewed: {_some(h.name for h in plan.held_back)}: the issuing CA expires on "
+             f"{plan.issuer_not_after:%Y-%m-%d}, so a renewal could not outlive them (renew the CA)")
     capped = [s.name for s in plan.steps if s.entry is not None and s.entry.validity > longest]
     if capped:
         # As `issue` says when it shortens a validity; a roster may ask for many at once.
-        shown = ", ".join(capped[:5]) + (f" and {len(capped) - 5} more" if len(capped) > 5 else "")
-        warn(f"validity shortened to the policy maximum ({longest.days}d) for {shown}")
+        warn(f"validity shortened to the policy maximum ({longest.days}d) for {_some(capped)}")
     if dry_run or plan.nothing_to_do:
         _print_plan(plan, as_json, dry_run)
         return
@@ -92,9 +90,11 @@ def apply(
         bar.__enter__()
 
     printing = not as_json
+    finished: list[Any] = []
 
     def done(outcome: Any) -> None:
         nonlocal printing
+        finished.append(outcome)
         if bar is not None:
             bar.update(1)
         if printing:
@@ -105,6 +105,20 @@ def apply(
 
     try:
         result = apply_plan(home, plan, out_root=root, passphrase=settings.ca_passphrase, now=now(), on_done=done)
+    except PkiError as exc:
+        from mcp_pki.services.files import FilesNotWritten
+
+        if isinstance(exc, FilesNotWritten):
+            # The batch is recorded; the next run replaces what has no files and goes on.
+            exc = FilesNotWritten(f"{exc}: the certificates signed so far are kept; run apply again to complete")
+        if as_json and finished:
+            # Certificates were signed before the run stopped: a script must still learn which.
+            emit_json({
+                "dry_run": False, "complete": False, "error": str(exc), "totals": _totals(plan),
+                "actions": [_outcome_json(o) for o in finished],
+                "not_in_roster": [_held_json(h) for h in plan.not_in_roster],
+            })
+        raise exc from None
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
@@ -113,13 +127,19 @@ def apply(
         warn(f"{outcome.step.action.value} {outcome.step.kind.value} {outcome.step.name} not done: {outcome.skipped}")
     if as_json:
         emit_json({
-            "dry_run": False, "totals": _totals(plan),
+            "dry_run": False, "complete": True, "totals": _totals(plan),
             "actions": [_outcome_json(o) for o in result.outcomes],
             "not_in_roster": [_held_json(h) for h in plan.not_in_roster],
             "crl_numbers": result.crl_numbers,
         })
         return
     click.echo(_summary(plan, done=True), err=True)
+
+
+def _some(names: Any) -> str:
+    """The first few names, and how many more."""
+    listed = list(names)
+    return ", ".join(listed[:5]) + (f" and {len(listed) - 5} more" if len(listed) > 5 else "")
 
 
 def _print_plan(plan: Any, as_json: bool, dry_run: bool) -> None:
