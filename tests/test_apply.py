@@ -392,6 +392,12 @@ def test_certificates_that_expire_with_the_issuing_ca_are_not_renewed_on_every_r
     assert "nothing to do (2 unchanged)" in result.stderr
     assert "Warning: not renewed: c1, c2: the issuing CA expires on" in result.stderr
     assert len(json.loads(mcp.ok("list", "--json").stdout)) == 2
+    # The same for the nightly `renew --expiring-within`.
+    renewed = mcp.ok("renew", "--expiring-within", "30d", "--out-root", "renewed", "--json")
+    assert "Warning: not renewed: c1, c2: the issuing CA expires on" in renewed.stderr
+    document = json.loads(renewed.stdout)
+    assert document["renewed"] == [] and [c["name"] for c in document["not_renewed"]] == ["c1", "c2"]
+    assert len(json.loads(mcp.ok("list", "--json").stdout)) == 2
 
 
 def test_a_validity_beyond_the_policy_is_shortened_with_a_warning(ca: Cli) -> None:

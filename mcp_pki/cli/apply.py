@@ -75,7 +75,8 @@ def apply(
         warn(f"{held.kind.value} {held.name} ({held.serial}) is not in the roster: --prune revokes it")
     if plan.held_back:
         warn(f"not renewed: {_some(h.name for h in plan.held_back)}: the issuing CA expires on "
-             f"{plan.issuer_not_after:%Y-%m-%d}, so a renewal could not outlive them (renew the CA)")
+             f"{plan.issuer_not_after:%Y-%m-%d}, so a renewal could not outlive them "
+             "(plan the CA's replacement: mcp-pki status)")
     capped = [s.name for s in plan.steps if s.entry is not None and s.entry.validity > longest]
     if capped:
         # As `issue` says when it shortens a validity; a roster may ask for many at once.

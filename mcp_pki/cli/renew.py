@@ -122,6 +122,11 @@ def _renew_expiring(
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
+    if result.held_back:
+        names = sorted({name for _, name in result.held_back})
+        warn(f"not renewed: {', '.join(names[:5])}{f' and {len(names) - 5} more' if len(names) > 5 else ''}: "
+             f"the issuing CA expires on {result.issuer_not_after:%Y-%m-%d}, so a renewal could not outlive them "
+             "(plan the CA's replacement: mcp-pki status)")
     if result.short_lived:
         warn(f"{', '.join(sorted(set(result.short_lived)))}: lifetime not longer than the {expiring_within} "
              "window, so each renewal is due again at once; use a shorter window")
@@ -129,6 +134,8 @@ def _renew_expiring(
         emit_json({
             "renewed": [_renewal_json(r) for r in result.renewed],
             "failed": [{"serial": s, "name": n, "error": e} for s, n, e in result.failed],
+            "not_renewed": [{"serial": s, "name": n, "reason": "the issuing CA expires first"}
+                            for s, n in result.held_back],
         })
     else:
         for renewal in result.renewed:

@@ -317,7 +317,9 @@ class _Renewal:
             return False
         # A renewal ends where the issuing CA does at the latest: once that is no later than
         # the certificate itself, renewing would sign the same window again on every run.
-        ends = min(self.now + min(entry.validity, self.max_validity), self.issuer_not_after)
+        ends = profiles.leaf_validity(
+            now=self.now, requested=entry.validity, policy_max=self.max_validity, issuer_not_after=self.issuer_not_after,
+        ).not_after
         if ends <= current.not_after:
             self.held_back.append(current)
             return False

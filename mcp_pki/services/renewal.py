@@ -1,7 +1,7 @@
 """Renewing certificates: one by REF, or every certificate about to expire."""
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from mcp_pki.pki.names import SubjectAltNames
 from mcp_pki.pki.profiles import CertificateKind, Issuer
 from mcp_pki.services import listing
 from mcp_pki.services.apply import Action, Held, Outcome, Plan, Step, apply_plan
-from mcp_pki.services.authority import PassphraseSource
+from mcp_pki.services.authority import PassphraseSource, signing_chain
 from mcp_pki.services.files import refuse_existing
 from mcp_pki.services.home import Home
 from mcp_pki.services.inventory import resolve_ref, status_of
@@ -159,6 +159,10 @@ class BulkResult:
     # Renewed certificates that live no longer than the window: their renewals are due
     # again at once, so the window suits them badly.
     short_lived: list[str]
+    # Due, but not renewed: the issuing CA expires first, so a renewal could not outlive
+    # them, and each run would sign the same window again (serial, name).
+    held_back: list[tuple[str, str]] = field(default_factory=list)
+    issuer_not_after: datetime | None = None
 
 
 def renew_expiring(
@@ -180,14 +184,23 @@ def renew_expiring(
         with read_session(engine) as session, session.begin():
             due = expiring_unreplaced(session, now=now, within=within)
             run_began = audit_mark(session)
+            issuer_not_after = signing_chain(session).signer.not_after
+            max_validity = home.policy().max_validity
             steps = []
+            held_back: list[tuple[str, str]] = []
             folders: set[Path] = set()
             for old in due:
+                request = _renewal_request(old, RenewOptions(revoke_old=revoke_old), now=now)
+                ends = profiles.leaf_validity(
+                    now=now, requested=request.validity, policy_max=max_validity, issuer_not_after=issuer_not_after,
+                ).not_after
+                if ends <= old.not_after:
+                    held_back.append((old.serial, old.name))
+                    continue
                 folder = out_root / old.name
                 if folder in folders:  # two certificates of one name: keep both apart
                     folder = out_root / f"{old.name}-{old.serial[:8]}"
                 folders.add(folder)
-                request = _renewal_request(old, RenewOptions(revoke_old=revoke_old), now=now)
                 held = Held(old.id, old.serial, request.kind, old.name, old.owner, old.not_after)
                 entry = RosterEntry(
                     kind=request.kind, name=request.name, position=old.serial, sans=request.sans,
@@ -221,5 +234,6 @@ def renew_expiring(
 
     plan = Plan(tuple(steps), 0, (), False, run_began)
     apply_plan(home, plan, out_root=out_root, passphrase=passphrase, now=now, on_done=done, replace_files=force)
-    short_lived = [c.name for c in due if c.not_after - c.not_before <= within]
-    return BulkResult(renewed, failed, short_lived)
+    not_renewed = {serial for serial, _ in held_back}
+    short_lived = [c.name for c in due if c.not_after - c.not_before <= within and c.serial not in not_renewed]
+    return BulkResult(renewed, failed, short_lived, held_back, issuer_not_after)
