@@ -9,6 +9,7 @@ import click
 from mcp_pki.cli.common import (
     Settings,
     emit_json,
+    first_few,
     now,
     parse_duration_option,
     pass_settings,
@@ -74,13 +75,13 @@ def apply(
     for held in plan.not_in_roster:
         warn(f"{held.kind.value} {held.name} ({held.serial}) is not in the roster: --prune revokes it")
     if plan.held_back:
-        warn(f"not renewed: {_some(h.name for h in plan.held_back)}: the issuing CA expires on "
+        warn(f"not renewed: {first_few(h.name for h in plan.held_back)}: the issuing CA expires on "
              f"{plan.issuer_not_after:%Y-%m-%d}, so a renewal could not outlive them "
              "(plan the CA's replacement: mcp-pki status)")
     capped = [s.name for s in plan.steps if s.entry is not None and s.entry.validity > longest]
     if capped:
         # As `issue` says when it shortens a validity; a roster may ask for many at once.
-        warn(f"validity shortened to the policy maximum ({longest.days}d) for {_some(capped)}")
+        warn(f"validity shortened to the policy maximum ({longest.days}d) for {first_few(capped)}")
     if dry_run or plan.nothing_to_do:
         _print_plan(plan, as_json, dry_run)
         return
@@ -135,12 +136,6 @@ def apply(
         })
         return
     click.echo(_summary(plan, done=True), err=True)
-
-
-def _some(names: Any) -> str:
-    """The first few names, and how many more."""
-    listed = list(names)
-    return ", ".join(listed[:5]) + (f" and {len(listed) - 5} more" if len(listed) > 5 else "")
 
 
 def _print_plan(plan: Any, as_json: bool, dry_run: bool) -> None:

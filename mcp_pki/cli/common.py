@@ -3,7 +3,7 @@
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,6 +97,13 @@ def read_file(path: str, what: str, *, limit: int | None = None) -> bytes:
     from mcp_pki.services.files import MAX_INPUT, read_input
 
     return read_input(Path(path), what, limit=limit or MAX_INPUT)
+
+
+def first_few(names: Iterable[str], *, count: int = 5) -> str:
+    """``a, b, c, d, e and 7 more``: a warning names what it is about without a page of it."""
+    listed = list(names)
+    more = f" and {len(listed) - count} more" if len(listed) > count else ""
+    return ", ".join(listed[:count]) + more
 
 
 def now() -> datetime:

@@ -10,6 +10,7 @@ from mcp_pki.cli.ca import KEY_TYPES
 from mcp_pki.cli.common import (
     Settings,
     emit_json,
+    first_few,
     now,
     parse_duration_option,
     pass_settings,
@@ -123,10 +124,9 @@ def _renew_expiring(
         if bar is not None:
             bar.__exit__(None, None, None)
     if result.held_back:
-        names = sorted({name for _, name in result.held_back})
-        warn(f"not renewed: {', '.join(names[:5])}{f' and {len(names) - 5} more' if len(names) > 5 else ''}: "
-             f"the issuing CA expires on {result.issuer_not_after:%Y-%m-%d}, so a renewal could not outlive them "
-             "(plan the CA's replacement: mcp-pki status)")
+        names = first_few(sorted({name for _, name in result.held_back}))
+        warn(f"not renewed: {names}: the issuing CA expires on {result.issuer_not_after:%Y-%m-%d}, so a "
+             "renewal could not outlive them (plan the CA's replacement: mcp-pki status)")
     if result.short_lived:
         warn(f"{', '.join(sorted(set(result.short_lived)))}: lifetime not longer than the {expiring_within} "
              "window, so each renewal is due again at once; use a shorter window")
