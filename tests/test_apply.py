@@ -186,6 +186,7 @@ def test_a_csr_entry_signed_into_the_requesters_folder_leaves_their_key_in_place
         {"name": "dave", "roles": ["ops"]},
     ]))
     carol_key = (ca.cwd / "carol" / "tls.key").read_bytes()
+    old_csr = (ca.cwd / "carol" / "carol.csr").read_bytes()
     ca.ok("apply", "team.yaml")
     assert (ca.cwd / "carol" / "tls.key").read_bytes() == carol_key
     assert leaf(ca.cwd / "carol").public_key() == serialization.load_pem_private_key(carol_key, None).public_key()
@@ -208,6 +209,21 @@ def test_a_csr_entry_signed_into_the_requesters_folder_leaves_their_key_in_place
     assert [(a["action"], a["name"]) for a in plan["actions"]] == [("replace", "dave")]
     ca.ok("apply", "team.yaml")
     assert not (ca.cwd / "dave" / "tls.key").exists()
+    # The roster keeps its own copy of carol's CSR. She makes a new key before sending a
+    # new CSR: her folder now holds a key the CA never saw. It is hers, maybe the only
+    # copy: nothing is signed over it, and nothing removes it.
+    (ca.cwd / "csrs").mkdir()
+    (ca.cwd / "csrs" / "carol.csr").write_bytes(old_csr)
+    carol = {"name": "carol", "roles": ["ops", "admin"], "csr": "csrs/carol.csr"}
+    dave = {"name": "dave", "roles": ["ops"], "csr": "requests/dave/dave.csr"}
+    (ca.cwd / "team.yaml").write_text(roster([carol, dave]))
+    assert "nothing to do" in ca.ok("apply", "team.yaml").stderr
+    ca.ok("request", "carol", "--force")
+    newer = (ca.cwd / "carol" / "tls.key").read_bytes()
+    assert "nothing to do" in ca.ok("apply", "team.yaml").stderr
+    (ca.cwd / "team.yaml").write_text(roster([{**carol, "roles": ["ops"]}, dave]))
+    ca.ok("apply", "team.yaml")  # a role change re-signs her old CSR: her newer key stays
+    assert (ca.cwd / "carol" / "tls.key").read_bytes() == newer
 
 
 def test_issue_force_from_a_csr_keeps_the_requesters_key_beside_it(ca: Cli) -> None:
@@ -233,18 +249,26 @@ def test_an_interrupted_run_is_completed_by_the_next_one(ca: Cli) -> None:
     assert lost.serial_number in revoked_serials(ca)
     assert verify_with_crls(ca, ca.cwd / "user01")
     # A run killed between putting a new certificate's tls.key in place and its tls.crt
-    # leaves the folder's certificate paired with a key that is not its own.
-    kept = leaf(ca.cwd / "user03")
-    other = ec.generate_private_key(ec.SECP256R1())
-    (ca.cwd / "user03" / "tls.key").write_bytes(other.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    # leaves the folder's certificate paired with a key we generated for another one.
+    earlier_key = (ca.cwd / "user03" / "tls.key").read_bytes()
+    (ca.cwd / "t.yaml").write_text(team(4, changed={"user03": ["dev", "ops"]}))
+    ca.ok("apply", "t.yaml")
+    current = leaf(ca.cwd / "user03")
+    (ca.cwd / "user03" / "tls.key").write_bytes(earlier_key)
     plan = json.loads(ca.ok("apply", "t.yaml", "--dry-run", "--json").stdout)
     assert [(a["action"], a["name"]) for a in plan["actions"]] == [("replace", "user03")]
-    assert "tls.key holds another certificate's key" in plan["actions"][0]["why"]
+    assert "tls.key holds the key of another certificate of user03" in plan["actions"][0]["why"]
     ca.ok("apply", "t.yaml")
-    assert kept.serial_number in revoked_serials(ca)
+    assert current.serial_number in revoked_serials(ca)
     key = serialization.load_pem_private_key((ca.cwd / "user03" / "tls.key").read_bytes(), None)
     assert key.public_key() == leaf(ca.cwd / "user03").public_key()
+    # A key we never generated is someone's own (a teammate who ran `mcp-pki request` there
+    # before sending the CSR): never replaced over, never removed.
+    theirs = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    (ca.cwd / "user00" / "tls.key").write_bytes(theirs)
+    assert "nothing to do" in ca.ok("apply", "t.yaml").stderr
+    assert (ca.cwd / "user00" / "tls.key").read_bytes() == theirs
     # A folder moved away on purpose (the key handed over) is not a reason to reissue.
     (ca.cwd / "user02").rename(ca.cwd / "handed-over")
     assert "nothing to do" in ca.ok("apply", "t.yaml").stderr

@@ -72,10 +72,14 @@ def describe_public_key(key: CertificatePublicKeyTypes) -> str:
     return type(key).__name__
 
 
+def public_key_der(key: CertificatePublicKeyTypes) -> bytes:
+    """DER SubjectPublicKeyInfo: the form in which two public keys are compared."""
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 def same_public_key(a: CertificatePublicKeyTypes, b: CertificatePublicKeyTypes) -> bool:
-    """Whether two public keys are the same key (compared as SubjectPublicKeyInfo)."""
-    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    return bool(a.public_bytes(*spki) == b.public_bytes(*spki))
+    """Whether two public keys are the same key."""
+    return public_key_der(a) == public_key_der(b)
 
 
 def check_public_key_strength(key: CertificatePublicKeyTypes) -> None:

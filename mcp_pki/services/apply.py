@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,10 +41,12 @@ from mcp_pki.services.issuance import (
     _certificate_row,
     _organisation,
     audit_mark,
+    certificate_key_der,
     chain_constraints,
     check_constraints,
     check_limits,
-    holds_another_key,
+    generated_keys,
+    key_file_public_key,
     remove_stale_files,
 )
 from mcp_pki.services.roster import Roster, RosterEntry, roster_error
@@ -195,8 +197,10 @@ def plan_roster(
         steps: list[Step] = []
         unchanged = 0
         renewal = _Renewal(now, renew_within, max_validity, chain.signer.not_after)
+        # Read only for a folder whose tls.key is not its certificate's.
+        generated = cache(partial(generated_keys, connection))
         for entry in roster.entries:
-            step = _entry_step(entry, held.pop((entry.kind, entry.name), []), pems, out_root, renewal)
+            step = _entry_step(entry, held.pop((entry.kind, entry.name), []), pems, out_root, renewal, generated)
             if step is None:
                 unchanged += 1
             else:
@@ -328,6 +332,7 @@ class _Renewal:
 
 def _entry_step(
     entry: RosterEntry, rows: list[_Row], pems: _Pems, out_root: Path, renewal: _Renewal,
+    generated: Callable[[str], frozenset[bytes]],
 ) -> Step | None:
     differences = {r.held.id: _difference(entry, r, pems) for r in rows}
     matching = [r for r in rows if differences[r.held.id] is None]
@@ -345,7 +350,7 @@ def _entry_step(
     renewed = {r.renews_id for r in rows if r.renews_id is not None}
     stale = tuple(r.held for r in rows
                   if r is not current and (differences[r.held.id] is not None or r.held.id not in renewed))
-    missing = _files_missing(current, pems, out_root)
+    missing = _files_missing(current, pems, out_root, generated)
     if missing:
         return Step(
             Action.REPLACE, entry.kind, entry.name, missing, entry=entry,
@@ -384,11 +389,15 @@ def _same_key(certificate_pem: str, public_key: Any) -> bool:
     return keys.same_public_key(from_pem(certificate_pem).public_key(), public_key)
 
 
-def _files_missing(current: _Row, pems: _Pems, out_root: Path) -> str | None:
+def _files_missing(
+    current: _Row, pems: _Pems, out_root: Path, generated: Callable[[str], frozenset[bytes]],
+) -> str | None:
     """Whether the certificate's folder exists without it: an interrupted run recorded the
-    certificate but never wrote its files, so its key is gone; or it wrote another
-    certificate's key there and was killed before that one's tls.crt. A folder that no
-    longer exists was moved or handed over on purpose, and is left alone."""
+    certificate but never wrote its files, so its key is gone; or it put the key of another
+    certificate it generated there and was killed before that one's tls.crt (or before it
+    removed the old key, beside a certificate from a CSR). A key we never generated is the
+    requester's, perhaps newer than the CSR the roster names, and is left alone, as is a
+    folder that no longer exists: it was moved or handed over on purpose."""
     folder = Path(current.files_dir) if current.files_dir else out_root / current.held.name
     if not folder.is_dir():
         return None
@@ -399,11 +408,12 @@ def _files_missing(current: _Row, pems: _Pems, out_root: Path) -> str | None:
         return f"{folder}/tls.crt is missing"
     if not written.startswith(certificate_pem):
         return f"{folder}/tls.crt holds another certificate"
-    # Also for a certificate from a CSR: a generated key left beside it (a run killed
-    # between its tls.crt and removing that key) pairs with nothing.
     key_file = folder / "tls.key"
-    if holds_another_key(key_file, from_pem(certificate_pem).public_key()):
-        return f"{key_file} holds another certificate's key"
+    held = key_file_public_key(key_file)
+    if held is not None and held != certificate_key_der(from_pem(certificate_pem)) and held in generated(
+        current.held.name
+    ):
+        return f"{key_file} holds the key of another certificate of {current.held.name}"
     return None
 
 
@@ -435,6 +445,8 @@ class _Signed:
     files: OutputFiles
     folder: Path
     facts: CertificateFacts
+    # From a CSR: the keys we generated for this name, which a tls.key left there may hold.
+    generated: frozenset[bytes] = frozenset()
 
 
 def apply_plan(
@@ -517,6 +529,9 @@ def _sign_batch(
                 committed.append(item)
             if committed:
                 connection.execute(insert(certificates), [item.row for item in committed])
+            for item in committed:
+                if item.request.csr is not None:
+                    item.generated = generated_keys(connection, item.row["name"])
             for number, item in enumerate(committed, start=1):
                 # The batch's last record is followed by a checkpoint: the issuing CA key signs
                 # the chain's new head.
@@ -580,8 +595,11 @@ def _sign(step: Step, context: _SigningContext, out_root: Path, now: datetime) -
 
 def _write_files(item: _Signed, *, replace: bool) -> list[Path]:
     written = item.files.write(replace=replace)
-    entry = item.step.entry
-    remove_stale_files(item.folder, written, key_of_certificate=entry.csr.public_key if entry and entry.csr else None)
+    if item.request.csr is not None:  # otherwise tls.key was just written
+        certificate_key = keys.public_key_der(item.request.csr.public_key)
+        remove_stale_files(item.folder, written, certificate_key=certificate_key, generated=item.generated)
+    else:
+        remove_stale_files(item.folder, written, certificate_key=b"", generated=frozenset())
     return written
 
 

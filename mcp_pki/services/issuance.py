@@ -1,5 +1,6 @@
 """Issuing server and client certificates."""
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -131,9 +132,12 @@ def issue_leaf(
                 )
                 files.add(paths["tls.p12"], bundle, mode=PRIVATE)
         superseded_crls: list[PublishedCrl] = []
+        generated: frozenset[bytes] = frozenset()
         try:
             files.prepare(output.folder)
             with write_transaction(engine) as connection:
+                if output.force and request.csr is not None:
+                    generated = generated_keys(connection, request.name)
                 if request.renews_id is not None:
                     refuse_stale_renewal(connection, request.renews_id, request.owner, run_began=run_began)
                 connection.execute(insert(certificates).values(
@@ -173,8 +177,8 @@ def issue_leaf(
 
     warnings = []
     if output.force:
-        kept_key = request.csr.public_key if request.csr else None
-        for stale in remove_stale_files(output.folder, written, key_of_certificate=kept_key):
+        for stale in remove_stale_files(output.folder, written, certificate_key=certificate_key_der(certificate),
+                                        generated=generated):
             warnings.append(f"removed {stale}, which belonged to the replaced certificate")
     if validity.capped_by:
         warnings.append(
@@ -190,35 +194,53 @@ def issue_leaf(
     return IssuedLeaf(request.kind, request.name, request.owner, leaf_facts, written, warnings)
 
 
-def remove_stale_files(folder: Path, written: list[Path], *, key_of_certificate: Any) -> list[Path]:
+def remove_stale_files(
+    folder: Path, written: list[Path], *, certificate_key: bytes, generated: frozenset[bytes],
+) -> list[Path]:
     """Remove what a replaced certificate left in `folder` that the new one did not write:
-    its PKCS#12 bundle, and a ``tls.key`` of another key, which would pair with the wrong
-    certificate. A ``tls.key`` holding `key_of_certificate` (the requester's own key, when
-    the new certificate was signed from their CSR) is theirs and stays, and so does one we
-    cannot read (encrypted, say): a private key is removed only when shown to be stale."""
+    its PKCS#12 bundle, and a ``tls.key`` that would pair with the wrong certificate.
+
+    A private key is removed only when it is one we generated for an earlier certificate of
+    this name (`generated`, from `generated_keys`) and not the new certificate's own key.
+    Any other ``tls.key`` beside a certificate signed from a CSR is the requester's (their
+    current key, or a newer one they have not sent a CSR for yet) and stays, and so does
+    one we cannot read."""
     removed = []
     for stale in (folder / "tls.key", folder / "tls.p12"):
         if stale in written or not (stale.exists() or stale.is_symlink()):
             continue
-        if stale.name == "tls.key" and key_of_certificate is not None and not holds_another_key(
-            stale, key_of_certificate
-        ):
-            continue
+        if stale.name == "tls.key":
+            held = key_file_public_key(stale)
+            if held is None or held == certificate_key or held not in generated:
+                continue
         stale.unlink()
         removed.append(stale)
     return removed
 
 
-def holds_another_key(key_file: Path, public_key: Any) -> bool:
-    """Whether `key_file` holds a private key shown not to be `public_key`'s; a file that
-    cannot be read or loaded (encrypted by its owner, say) shows nothing."""
+def generated_keys(connection: Connection, name: str) -> frozenset[bytes]:
+    """The public keys (DER SubjectPublicKeyInfo) of the certificates of NAME whose private
+    key this tool generated, and so may have written into a folder."""
+    pems: Iterable[str] = connection.scalars(
+        select(certificates.c.certificate_pem).where(certificates.c.name == name, certificates.c.from_csr.is_(False))
+    )
+    return frozenset(certificate_key_der(from_pem(p)) for p in pems)
+
+
+def certificate_key_der(certificate: x509.Certificate) -> bytes:
+    """A certificate's public key as DER SubjectPublicKeyInfo, the form keys are compared in."""
+    return keys.public_key_der(certificate.public_key())
+
+
+def key_file_public_key(key_file: Path) -> bytes | None:
+    """The public half of the private key in `key_file` (DER SubjectPublicKeyInfo), or
+    None when it cannot be read or loaded (encrypted by its owner, say)."""
     from mcp_pki.pki.bundles import load_private_key
 
     try:
-        held = load_private_key(key_file.read_bytes()).public_key()
+        return keys.public_key_der(load_private_key(key_file.read_bytes()).public_key())
     except (OSError, InvalidInput):
-        return False
-    return not keys.same_public_key(held, public_key)
+        return None
 
 
 def audit_mark(db: "Connection | Session") -> int:
