@@ -309,8 +309,9 @@ def test_a_malformed_roster_is_one_error_listing_every_problem(ca: Cli, text: st
 
 
 def test_a_run_stopped_by_a_failure_still_reports_what_it_signed(ca: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The disk fills up in the second batch: --json still prints one document naming the
-    certificates of the first, marked incomplete, and the next run completes the rest."""
+    """The disk fills up in the second batch: --json still prints one document naming every
+    certificate signed, those without files marked so, and the run as incomplete; the next
+    run completes the rest."""
     from mcp_pki.services import apply as service
     from mcp_pki.services.files import FilesNotWritten
 
@@ -318,28 +319,63 @@ def test_a_run_stopped_by_a_failure_still_reports_what_it_signed(ca: Cli, monkey
     real_write = service._write_files
     calls = 0
 
-    def disk_full_at_the_fifteenth(item: object, *, replace: bool) -> list[Path]:
+    def disk_full_from_the_fifteenth(item: object, *, replace: bool) -> list[Path]:
         nonlocal calls
         calls += 1
-        if calls == 15:
+        if 15 <= calls <= 17:
             raise FilesNotWritten("cannot write tls.key: No space left on device")
         return real_write(item, replace=replace)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(service, "_write_files", disk_full_at_the_fifteenth)
+    monkeypatch.setattr(service, "_write_files", disk_full_from_the_fifteenth)
     (ca.cwd / "t.yaml").write_text(team(24))
     result = ca("apply", "t.yaml", "--json")
-    assert result.exit_code == 1 and result.stderr.startswith("Error: cannot write tls.key: No space left")
-    assert "run apply again to complete" in result.stderr
+    assert result.exit_code == 1
+    warning, error = result.stderr.splitlines()
+    assert warning == "Warning: 20 certificates were signed and recorded before the run stopped; run apply again " \
+        "to complete the rest"
+    assert error == "Error: cannot write tls.key: No space left on device"
     document = json.loads(result.stdout)
     assert document["complete"] is False and "No space left" in document["error"]
-    signed = {a["serial"] for a in document["actions"]}
-    assert len(signed) == 10, "the first batch, written before the failure"
-    assert signed <= {c["serial"] for c in json.loads(ca.ok("list", "--json").stdout)}
+    recorded = {c["serial"] for c in json.loads(ca.ok("list", "--json").stdout)}
+    assert {a["serial"] for a in document["actions"]} == recorded and len(recorded) == 20
+    assert sum(1 for a in document["actions"] if "files_error" in a) == 3
+
     monkeypatch.setattr(service, "_write_files", real_write)
     after = json.loads(ca.ok("apply", "t.yaml", "--json").stdout)
     assert after["complete"] is True
-    assert "nothing to do" in ca.ok("apply", "t.yaml").stderr
+    assert sorted(a["action"] for a in after["actions"]).count("replace") == 3  # the three without files
+    done = json.loads(ca.ok("apply", "t.yaml", "--json").stdout)
+    assert done["complete"] is True and done["actions"] == []
     assert len(json.loads(ca.ok("list", "--status", "valid", "--json").stdout)) == 26
+
+
+def test_a_database_lost_between_batches_still_reports_the_first(ca: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3 as driver
+
+    from sqlalchemy.exc import OperationalError
+
+    from mcp_pki.services import apply as service
+
+    monkeypatch.setattr(service, "BATCH_SIZE", 10)
+    real_batch = service._sign_batch
+    batches = 0
+
+    def locked_on_the_second(*args: object, **kwargs: object) -> object:
+        nonlocal batches
+        batches += 1
+        if batches == 2:
+            raise OperationalError("BEGIN IMMEDIATE", {}, driver.OperationalError("database is locked"))
+        return real_batch(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(service, "_sign_batch", locked_on_the_second)
+    (ca.cwd / "t.yaml").write_text(team(24))
+    result = ca("apply", "t.yaml", "--json")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-1] == "Error: database error: database is locked"
+    assert "10 certificates were signed and recorded before the run stopped" in result.stderr
+    document = json.loads(result.stdout)
+    assert document["complete"] is False and document["error"] == "database is locked"
+    assert len(document["actions"]) == 10
 
 
 def test_a_roster_that_never_ends_is_refused_unread(ca: Cli) -> None:
@@ -422,6 +458,18 @@ def test_certificates_that_expire_with_the_issuing_ca_are_not_renewed_on_every_r
     document = json.loads(renewed.stdout)
     assert document["renewed"] == [] and [c["name"] for c in document["not_renewed"]] == ["c1", "c2"]
     assert len(json.loads(mcp.ok("list", "--json").stdout)) == 2
+
+
+def test_renew_names_the_policy_when_it_would_end_a_renewal_before_the_certificate(ca: Cli) -> None:
+    ca.ok("issue", "client", "dave", "--validity", "25d")
+    (ca.home / "config.yaml").write_text("policy: {max_validity: 20d}\n")
+    renewed = ca.ok("renew", "--expiring-within", "30d", "--out-root", "renewed", "--json")
+    assert "Warning: not renewed: dave: the policy maximum (config.yaml policy: max_validity) would end a " \
+        "renewal before they expire" in renewed.stderr
+    assert "issuing CA" not in renewed.stderr
+    document = json.loads(renewed.stdout)
+    assert document["not_renewed"][0]["reason"] == "the policy maximum ends a renewal sooner"
+    assert document["renewed"] == []
 
 
 def test_a_validity_beyond_the_policy_is_shortened_with_a_warning(ca: Cli) -> None:

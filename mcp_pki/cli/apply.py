@@ -107,20 +107,21 @@ def apply(
 
     try:
         result = apply_plan(home, plan, out_root=root, passphrase=settings.ca_passphrase, now=now(), on_done=done)
-    except PkiError as exc:
-        from mcp_pki.services.files import FilesNotWritten
-
-        if isinstance(exc, FilesNotWritten):
-            # The batch is recorded; the next run replaces what has no files and goes on.
-            exc = FilesNotWritten(f"{exc}: the certificates signed so far are kept; run apply again to complete")
+    except Exception as exc:
+        signed = sum(1 for o in finished if o.serial)
         if as_json and finished:
             # Certificates were signed before the run stopped: a script must still learn which.
             emit_json({
-                "dry_run": False, "complete": False, "error": str(exc), "totals": _totals(plan),
+                "dry_run": False, "complete": False, "error": _reason(exc), "totals": _totals(plan),
                 "actions": [_outcome_json(o) for o in finished],
                 "not_in_roster": [_held_json(h) for h in plan.not_in_roster],
+                "not_renewed": [_held_json(h) for h in plan.held_back],
             })
-        raise exc from None
+        if signed:
+            # The error line follows (the command group prints it); what was done is kept.
+            warn(f"{signed} certificates were signed and recorded before the run stopped; "
+                 "run apply again to complete the rest")
+        raise
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
@@ -132,20 +133,32 @@ def apply(
             "dry_run": False, "complete": True, "totals": _totals(plan),
             "actions": [_outcome_json(o) for o in result.outcomes],
             "not_in_roster": [_held_json(h) for h in plan.not_in_roster],
+            "not_renewed": [_held_json(h) for h in plan.held_back],
             "crl_numbers": result.crl_numbers,
         })
         return
     click.echo(_summary(plan, done=True), err=True)
 
 
+def _reason(exc: Exception) -> str:
+    """What stopped a run, as its one error line will say it."""
+    if isinstance(exc, PkiError):
+        return str(exc)
+    return str(getattr(exc, "orig", None) or exc).splitlines()[0]
+
+
 def _print_plan(plan: Any, as_json: bool, dry_run: bool) -> None:
     if as_json:
-        emit_json({
+        document = {
             "dry_run": dry_run, "totals": _totals(plan),
             "actions": [_step_json(s) for s in plan.steps],
             "not_in_roster": [_held_json(h) for h in plan.not_in_roster],
+            "not_renewed": [_held_json(h) for h in plan.held_back],
             "republish_crls": plan.republish,
-        })
+        }
+        if not dry_run:  # nothing to do: as complete as a run that did something
+            document["complete"] = True
+        emit_json(document)
         return
     if plan.nothing_to_do:
         click.echo(f"nothing to do ({plan.unchanged} unchanged)", err=True)
@@ -192,7 +205,8 @@ def _outcome_line(outcome: Any) -> str:
     if outcome.serial:
         old = [h.serial for h in ((step.renews,) if step.renews else step.revokes)]
         arrow = f"{', '.join(old)} -> " if old else ""
-        return f"{_DONE[step.action.value]:8} {step.kind.value:6} {step.name}: {arrow}{outcome.serial}"
+        missing = f" (files not written: {outcome.files_error})" if outcome.files_error else ""
+        return f"{_DONE[step.action.value]:8} {step.kind.value:6} {step.name}: {arrow}{outcome.serial}{missing}"
     return f"revoked  {step.kind.value:6} {step.name}: {', '.join(outcome.revoked)} ({step.why})"
 
 
@@ -212,6 +226,8 @@ def _step_json(step: Any) -> dict[str, object]:
 def _outcome_json(outcome: Any) -> dict[str, object]:
     document = _step_json(outcome.step)
     document.update({"serial": outcome.serial, "skipped": outcome.skipped, "files": [str(p) for p in outcome.files]})
+    if outcome.files_error:
+        document["files_error"] = outcome.files_error
     if outcome.revoked:
         document["revokes"] = list(outcome.revoked)
     return document

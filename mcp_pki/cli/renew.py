@@ -103,7 +103,7 @@ def _renew_expiring(
     settings: Settings, expiring_within: str, out_root: str | None, revoke_old: bool, force: bool, as_json: bool,
 ) -> None:
     from mcp_pki.errors import PkiError
-    from mcp_pki.services.renewal import renew_expiring
+    from mcp_pki.services.renewal import HELD_BY_ISSUER, HELD_BY_POLICY, renew_expiring
 
     bar: Any = None
 
@@ -123,10 +123,14 @@ def _renew_expiring(
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
-    if result.held_back:
-        names = first_few(sorted({name for _, name in result.held_back}))
-        warn(f"not renewed: {names}: the issuing CA expires on {result.issuer_not_after:%Y-%m-%d}, so a "
-             "renewal could not outlive them (plan the CA's replacement: mcp-pki status)")
+    by_issuer = sorted({name for _, name, why in result.held_back if why == HELD_BY_ISSUER})
+    if by_issuer:
+        warn(f"not renewed: {first_few(by_issuer)}: the issuing CA expires on {result.issuer_not_after:%Y-%m-%d}, "
+             "so a renewal could not outlive them (plan the CA's replacement: mcp-pki status)")
+    by_policy = sorted({name for _, name, why in result.held_back if why == HELD_BY_POLICY})
+    if by_policy:
+        warn(f"not renewed: {first_few(by_policy)}: the policy maximum (config.yaml policy: max_validity) would "
+             "end a renewal before they expire; renew one with 'mcp-pki renew NAME' to accept that")
     if result.short_lived:
         warn(f"{', '.join(sorted(set(result.short_lived)))}: lifetime not longer than the {expiring_within} "
              "window, so each renewal is due again at once; use a shorter window")
@@ -134,8 +138,7 @@ def _renew_expiring(
         emit_json({
             "renewed": [_renewal_json(r) for r in result.renewed],
             "failed": [{"serial": s, "name": n, "error": e} for s, n, e in result.failed],
-            "not_renewed": [{"serial": s, "name": n, "reason": "the issuing CA expires first"}
-                            for s, n in result.held_back],
+            "not_renewed": [{"serial": s, "name": n, "reason": why} for s, n, why in result.held_back],
         })
     else:
         for renewal in result.renewed:

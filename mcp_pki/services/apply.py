@@ -34,7 +34,7 @@ from mcp_pki.pki.profiles import CertificateKind, Issuer
 from mcp_pki.services import audit
 from mcp_pki.services.authority import PassphraseSource, signing_chain, unlock
 from mcp_pki.services.crls import new_revocation
-from mcp_pki.services.files import PRIVATE, OutputFiles
+from mcp_pki.services.files import PRIVATE, FilesNotWritten, OutputFiles
 from mcp_pki.services.home import LEAF_MAX_VALIDITY, Home
 from mcp_pki.services.issuance import (
     LeafRequest,
@@ -136,6 +136,7 @@ class Outcome:
     skipped: str | None = None
     files: tuple[Path, ...] = ()
     facts: CertificateFacts | None = None  # the new certificate's
+    files_error: str | None = None  # signed and recorded, but its files could not be written
 
 
 @dataclass
@@ -475,9 +476,12 @@ def apply_plan(
             )
             for start in range(0, len(signing), BATCH_SIZE):
                 batch = signing[start:start + BATCH_SIZE]
-                for outcome in _sign_batch(engine, batch, context, plan, out_root, now, replace_files):
+                outcomes, failure = _sign_batch(engine, batch, context, plan, out_root, now, replace_files)
+                for outcome in outcomes:
                     result.outcomes.append(outcome)
                     on_done(outcome)
+                if failure is not None:  # each certificate of the batch was reported first
+                    raise failure
         skipped = {id(o.step) for o in result.outcomes if o.skipped}
         revoking = [s for s in plan.steps if s.revokes and id(s) not in skipped]
         if revoking or plan.republish:
@@ -500,7 +504,9 @@ class _SigningContext:
 def _sign_batch(
     engine: Engine, steps: list[Step], context: _SigningContext, plan: Plan, out_root: Path, now: datetime,
     replace_files: bool,
-) -> list[Outcome]:
+) -> tuple[list[Outcome], PkiError | None]:
+    """Sign and record one batch, then write its files: what was done, and the first
+    failure to write files, if any (the batch is recorded; the next run completes it)."""
     signed = [_sign(step, context, out_root, now) for step in steps]
     outcomes: list[Outcome] = []
     committed: list[_Signed] = []
@@ -546,13 +552,20 @@ def _sign_batch(
             item.files.abandon()
         raise
     with ThreadPoolExecutor(_WRITER_THREADS) as pool:
-        written = list(pool.map(partial(_write_files, replace=replace_files), committed))
-    outcomes.extend(
-        Outcome(item.step, serial=item.row["serial"], files=tuple(paths), facts=item.facts)
-        for item, paths in zip(committed, written, strict=True)
-    )
+        writes = [pool.submit(_write_files, item, replace=replace_files) for item in committed]
+    # Every certificate recorded here is reported, with its files or why they are missing
+    # (a full disk, say): the caller must learn its serial even when the run stops here.
+    failure: PkiError | None = None
+    for item, write in zip(committed, writes, strict=True):
+        try:
+            paths = write.result()
+        except FilesNotWritten as exc:
+            failure = failure or exc
+            outcomes.append(Outcome(item.step, serial=item.row["serial"], facts=item.facts, files_error=str(exc)))
+        else:
+            outcomes.append(Outcome(item.step, serial=item.row["serial"], files=tuple(paths), facts=item.facts))
     order = {id(s): i for i, s in enumerate(steps)}
-    return sorted(outcomes, key=lambda o: order.get(id(o.step), 0))
+    return sorted(outcomes, key=lambda o: order.get(id(o.step), 0)), failure
 
 
 def _sign(step: Step, context: _SigningContext, out_root: Path, now: datetime) -> _Signed:

@@ -146,6 +146,11 @@ def _write_temporary(destination: Path, data: bytes, mode: int) -> Path:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        if exc.filename is None:  # a full disk names no file: name the one being written
+            raise OSError(exc.errno, exc.strerror, str(destination)) from None
+        raise
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise

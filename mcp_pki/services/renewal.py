@@ -159,10 +159,14 @@ class BulkResult:
     # Renewed certificates that live no longer than the window: their renewals are due
     # again at once, so the window suits them badly.
     short_lived: list[str]
-    # Due, but not renewed: the issuing CA expires first, so a renewal could not outlive
-    # them, and each run would sign the same window again (serial, name).
-    held_back: list[tuple[str, str]] = field(default_factory=list)
+    # Due, but not renewed, because a renewal could not outlive them and each run would sign
+    # the same window again: (serial, name, why), why being HELD_BY_ISSUER or HELD_BY_POLICY.
+    held_back: list[tuple[str, str, str]] = field(default_factory=list)
     issuer_not_after: datetime | None = None
+
+
+HELD_BY_ISSUER = "the issuing CA expires first"
+HELD_BY_POLICY = "the policy maximum ends a renewal sooner"
 
 
 def renew_expiring(
@@ -187,15 +191,16 @@ def renew_expiring(
             issuer_not_after = signing_chain(session).signer.not_after
             max_validity = home.policy().max_validity
             steps = []
-            held_back: list[tuple[str, str]] = []
+            held_back: list[tuple[str, str, str]] = []
             folders: set[Path] = set()
             for old in due:
                 request = _renewal_request(old, RenewOptions(revoke_old=revoke_old), now=now)
-                ends = profiles.leaf_validity(
+                renewal = profiles.leaf_validity(
                     now=now, requested=request.validity, policy_max=max_validity, issuer_not_after=issuer_not_after,
-                ).not_after
-                if ends <= old.not_after:
-                    held_back.append((old.serial, old.name))
+                )
+                if renewal.not_after <= old.not_after:
+                    why = HELD_BY_ISSUER if renewal.not_after == issuer_not_after else HELD_BY_POLICY
+                    held_back.append((old.serial, old.name, why))
                     continue
                 folder = out_root / old.name
                 if folder in folders:  # two certificates of one name: keep both apart
@@ -234,6 +239,6 @@ def renew_expiring(
 
     plan = Plan(tuple(steps), 0, (), False, run_began)
     apply_plan(home, plan, out_root=out_root, passphrase=passphrase, now=now, on_done=done, replace_files=force)
-    not_renewed = {serial for serial, _ in held_back}
+    not_renewed = {serial for serial, _, _ in held_back}
     short_lived = [c.name for c in due if c.not_after - c.not_before <= within and c.serial not in not_renewed]
     return BulkResult(renewed, failed, short_lived, held_back, issuer_not_after)
