@@ -106,7 +106,11 @@ def apply(
                 printing = False
 
     try:
-        result = apply_plan(home, plan, out_root=root, passphrase=settings.ca_passphrase, now=now(), on_done=done)
+        try:
+            result = apply_plan(home, plan, out_root=root, passphrase=settings.ca_passphrase, now=now(), on_done=done)
+        finally:
+            if bar is not None:  # before any warning, which would land inside the bar
+                bar.__exit__(None, None, None)
     except Exception as exc:
         signed = sum(1 for o in finished if o.serial)
         if as_json and finished:
@@ -122,9 +126,6 @@ def apply(
             warn(f"{signed} certificates were signed and recorded before the run stopped; "
                  "run apply again to complete the rest")
         raise
-    finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
     skipped = [o for o in result.outcomes if o.skipped]
     for outcome in skipped:
         warn(f"{outcome.step.action.value} {outcome.step.kind.value} {outcome.step.name} not done: {outcome.skipped}")
