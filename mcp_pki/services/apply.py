@@ -14,7 +14,6 @@ its files is replaced (its key was never written), an old certificate still vali
 its replacement is revoked, and a crl.pem behind the inventory is republished.
 """
 
-import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from mcp_pki.pki.profiles import CertificateKind, Issuer
 from mcp_pki.services import audit
 from mcp_pki.services.authority import PassphraseSource, signing_chain, unlock
 from mcp_pki.services.crls import new_revocation
-from mcp_pki.services.files import PRIVATE, FilesNotWritten, OutputFiles
+from mcp_pki.services.files import PRIVATE, FilesNotWritten, OutputFiles, folder_problem
 from mcp_pki.services.home import LEAF_MAX_VALIDITY, Home
 from mcp_pki.services.issuance import (
     LeafRequest,
@@ -240,14 +239,10 @@ def _output_problems(steps: list[Step], out_root: Path) -> list[str]:
         if not step.signs or step.entry is None:
             continue
         folder = _output_folder(step, out_root)
-        existing = folder
-        while not (existing.exists() or existing.is_symlink()) and existing != existing.parent:
-            existing = existing.parent
-        if not existing.is_dir():
-            problems.append(f"{step.entry.position}: cannot write into {folder}: {existing} is not a folder")
-        elif not os.access(existing, os.W_OK | os.X_OK):
-            problems.append(f"{step.entry.position}: cannot write into {folder}: permission denied")
-        elif existing == folder:
+        problem = folder_problem(folder)
+        if problem is not None:
+            problems.append(f"{step.entry.position}: cannot write into {folder}: {problem}")
+        elif folder.is_dir():
             taken = [f for f in ("tls.key", "ca.crt", "tls.crt") if (folder / f).is_dir()]
             if taken:
                 problems.append(f"{step.entry.position}: {folder / taken[0]} is a folder")

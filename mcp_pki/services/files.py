@@ -52,13 +52,14 @@ class OutputFiles:
     def prepare(self, folder: Path) -> None:
         """Create `folder` (0700: it may hold keys) before anything is recorded, so that a
         folder we cannot create fails the command while it can still change nothing."""
+        target = folder.absolute()
+        existing = nearest_existing(target)
+        if not existing.is_dir():
+            raise InvalidInput(f"{existing} is not a folder")
         missing = []
-        current = folder.absolute()
-        while not current.exists():
-            missing.append(current)
-            current = current.parent
-        if not current.is_dir():
-            raise InvalidInput(f"{current} is not a folder")
+        while target != existing:
+            missing.append(target)
+            target = target.parent
         for path in reversed(missing):
             try:
                 path.mkdir(mode=0o700)
@@ -135,6 +136,25 @@ def _remove_leftovers(folder: Path) -> None:
                 os.unlink(entry.path)
         except OSError:
             continue
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path`, or its nearest ancestor that exists; a dangling symlink exists as a name and
+    stops the walk (nothing can be created through it)."""
+    while not (path.exists() or path.is_symlink()) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def folder_problem(folder: Path) -> str | None:
+    """Why `OutputFiles.prepare` would refuse `folder`, found without creating anything:
+    for a command that checks every output folder before it records anything."""
+    existing = nearest_existing(folder.absolute())
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
 
 
 def _write_temporary(destination: Path, data: bytes, mode: int) -> Path:
