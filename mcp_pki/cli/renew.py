@@ -103,7 +103,8 @@ def _renew_expiring(
     settings: Settings, expiring_within: str, out_root: str | None, revoke_old: bool, force: bool, as_json: bool,
 ) -> None:
     from mcp_pki.errors import PkiError
-    from mcp_pki.services.renewal import HELD_BY_ISSUER, HELD_BY_POLICY, renew_expiring
+    from mcp_pki.services.apply import HELD_BY_ISSUER, HELD_BY_POLICY
+    from mcp_pki.services.renewal import renew_expiring
 
     bar: Any = None
 

@@ -40,7 +40,6 @@ from mcp_pki.services.issuance import (
     _certificate_row,
     _organisation,
     audit_mark,
-    certificate_key_der,
     chain_constraints,
     check_constraints,
     check_limits,
@@ -315,15 +314,31 @@ class _Renewal:
     def due(self, entry: RosterEntry, current: Held) -> bool:
         if current.not_after > self.now + self.within:
             return False
-        # A renewal ends where the issuing CA does at the latest: once that is no later than
-        # the certificate itself, renewing would sign the same window again on every run.
-        ends = profiles.leaf_validity(
-            now=self.now, requested=entry.validity, policy_max=self.max_validity, issuer_not_after=self.issuer_not_after,
-        ).not_after
-        if ends <= current.not_after:
+        if renewal_held_back(now=self.now, requested=entry.validity, max_validity=self.max_validity,
+                             issuer_not_after=self.issuer_not_after, current_not_after=current.not_after):
             self.held_back.append(current)
             return False
         return True
+
+
+HELD_BY_ISSUER = "the issuing CA expires first"
+HELD_BY_POLICY = "the policy maximum ends a renewal sooner"
+
+
+def renewal_held_back(
+    *, now: datetime, requested: timedelta, max_validity: timedelta, issuer_not_after: datetime,
+    current_not_after: datetime,
+) -> str | None:
+    """Why renewing a certificate now would not help (HELD_BY_ISSUER or HELD_BY_POLICY):
+    its renewal, cut short by the issuing CA's expiry or the policy maximum, would end no
+    later than it does, and every run would sign the same window again. None when a
+    renewal outlives it."""
+    renewal = profiles.leaf_validity(
+        now=now, requested=requested, policy_max=max_validity, issuer_not_after=issuer_not_after,
+    )
+    if renewal.not_after > current_not_after:
+        return None
+    return HELD_BY_ISSUER if renewal.not_after == issuer_not_after else HELD_BY_POLICY
 
 
 def _entry_step(
@@ -406,7 +421,7 @@ def _files_missing(
         return f"{folder}/tls.crt holds another certificate"
     key_file = folder / "tls.key"
     held = key_file_public_key(key_file)
-    if held is not None and held != certificate_key_der(from_pem(certificate_pem)) and held in generated(
+    if held is not None and held != keys.public_key_der(from_pem(certificate_pem).public_key()) and held in generated(
         current.held.name
     ):
         return f"{key_file} holds the key of another certificate of {current.held.name}"
@@ -603,11 +618,9 @@ def _sign(step: Step, context: _SigningContext, out_root: Path, now: datetime) -
 
 def _write_files(item: _Signed, *, replace: bool) -> list[Path]:
     written = item.files.write(replace=replace)
-    if item.request.csr is not None:  # otherwise tls.key was just written
-        certificate_key = keys.public_key_der(item.request.csr.public_key)
-        remove_stale_files(item.folder, written, certificate_key=certificate_key, generated=item.generated)
-    else:
-        remove_stale_files(item.folder, written, certificate_key=b"", generated=frozenset())
+    csr = item.request.csr  # without one, tls.key was just written and only a bundle is stale
+    certificate_key = keys.public_key_der(csr.public_key) if csr is not None else b""
+    remove_stale_files(item.folder, written, certificate_key=certificate_key, generated=item.generated)
     return written
 
 

@@ -177,7 +177,7 @@ def issue_leaf(
 
     warnings = []
     if output.force:
-        for stale in remove_stale_files(output.folder, written, certificate_key=certificate_key_der(certificate),
+        for stale in remove_stale_files(output.folder, written, certificate_key=keys.public_key_der(certificate.public_key()),
                                         generated=generated):
             warnings.append(f"removed {stale}, which belonged to the replaced certificate")
     if validity.capped_by:
@@ -224,12 +224,7 @@ def generated_keys(connection: Connection, name: str) -> frozenset[bytes]:
     pems: Iterable[str] = connection.scalars(
         select(certificates.c.certificate_pem).where(certificates.c.name == name, certificates.c.from_csr.is_(False))
     )
-    return frozenset(certificate_key_der(from_pem(p)) for p in pems)
-
-
-def certificate_key_der(certificate: x509.Certificate) -> bytes:
-    """A certificate's public key as DER SubjectPublicKeyInfo, the form keys are compared in."""
-    return keys.public_key_der(certificate.public_key())
+    return frozenset(keys.public_key_der(from_pem(p).public_key()) for p in pems)
 
 
 def key_file_public_key(key_file: Path) -> bytes | None:

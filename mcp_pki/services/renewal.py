@@ -15,7 +15,7 @@ from mcp_pki.pki.csr import VerifiedRequest
 from mcp_pki.pki.names import SubjectAltNames
 from mcp_pki.pki.profiles import CertificateKind, Issuer
 from mcp_pki.services import listing
-from mcp_pki.services.apply import Action, Held, Outcome, Plan, Step, apply_plan
+from mcp_pki.services.apply import Action, Held, Outcome, Plan, Step, apply_plan, renewal_held_back
 from mcp_pki.services.authority import PassphraseSource, signing_chain
 from mcp_pki.services.files import refuse_existing
 from mcp_pki.services.home import Home
@@ -160,13 +160,9 @@ class BulkResult:
     # again at once, so the window suits them badly.
     short_lived: list[str]
     # Due, but not renewed, because a renewal could not outlive them and each run would sign
-    # the same window again: (serial, name, why), why being HELD_BY_ISSUER or HELD_BY_POLICY.
+    # the same window again: (serial, name, why), why from `apply.renewal_held_back`.
     held_back: list[tuple[str, str, str]] = field(default_factory=list)
     issuer_not_after: datetime | None = None
-
-
-HELD_BY_ISSUER = "the issuing CA expires first"
-HELD_BY_POLICY = "the policy maximum ends a renewal sooner"
 
 
 def renew_expiring(
@@ -195,11 +191,9 @@ def renew_expiring(
             folders: set[Path] = set()
             for old in due:
                 request = _renewal_request(old, RenewOptions(revoke_old=revoke_old), now=now)
-                renewal = profiles.leaf_validity(
-                    now=now, requested=request.validity, policy_max=max_validity, issuer_not_after=issuer_not_after,
-                )
-                if renewal.not_after <= old.not_after:
-                    why = HELD_BY_ISSUER if renewal.not_after == issuer_not_after else HELD_BY_POLICY
+                why = renewal_held_back(now=now, requested=request.validity, max_validity=max_validity,
+                                        issuer_not_after=issuer_not_after, current_not_after=old.not_after)
+                if why is not None:
                     held_back.append((old.serial, old.name, why))
                     continue
                 folder = out_root / old.name
